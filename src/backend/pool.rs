@@ -1,0 +1,103 @@
+//! The core-local keep-alive pool: idle backend connections of one worker.
+//!
+//! Each worker owns one [`Pool`]; nothing in it is shared or locked. Per
+//! backend it keeps at most `pool_size` idle connections in a LIFO stack (the
+//! most recently used connection is the least likely to have been closed by
+//! the backend's idle timeout). Idle connections grow with the worker count:
+//! `workers x backends x pool_size` at most.
+
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpStream;
+
+use super::BackendId;
+use crate::buffer::IoBuf;
+
+/// Initial read buffer of a backend connection (grows for large heads).
+pub const BACKEND_BUF: usize = 16 * 1024;
+
+/// One connection to a backend, with the bytes read from it but not consumed.
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read and not yet relayed.
+    pub buf: IoBuf,
+    /// Whether this connection has carried a request before (a failure on a
+    /// reused connection may be a stale keep-alive and is retried).
+    pub reused: bool,
+    idle_since: Instant,
+}
+
+impl BackendConn {
+    /// Wraps a freshly connected socket.
+    pub fn new(stream: TcpStream, max_header_bytes: usize) -> Self {
+        BackendConn {
+            stream,
+            buf: IoBuf::new(BACKEND_BUF, max_header_bytes.max(BACKEND_BUF)),
+            reused: false,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+/// Idle connections per backend, for one worker.
+#[derive(Debug, Default)]
+pub struct Pool {
+    slots: Vec<Vec<BackendConn>>,
+    capacity: usize,
+    idle_timeout: Option<Duration>,
+}
+
+impl Pool {
+    /// A pool keeping up to `capacity` idle connections per backend, each for
+    /// at most `idle_timeout`.
+    pub fn new(capacity: usize, idle_timeout: Option<Duration>) -> Self {
+        Pool {
+            slots: Vec::new(),
+            capacity,
+            idle_timeout,
+        }
+    }
+
+    /// Takes the most recently returned idle connection to `id`, if any.
+    pub fn take(&mut self, id: BackendId) -> Option<BackendConn> {
+        let slot = self.slots.get_mut(id.0 as usize)?;
+        while let Some(mut c) = slot.pop() {
+            if let Some(t) = self.idle_timeout
+                && c.idle_since.elapsed() > t
+            {
+                continue;
+            }
+            c.reused = true;
+            return Some(c);
+        }
+        None
+    }
+
+    /// Returns a connection for reuse; drops it when the backend's slot is full.
+    pub fn put(&mut self, id: BackendId, mut conn: BackendConn) {
+        let i = id.0 as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, Vec::new);
+        }
+        let slot = &mut self.slots[i];
+        if slot.len() < self.capacity {
+            conn.buf.clear();
+            conn.idle_since = Instant::now();
+            slot.push(conn);
+        }
+    }
+
+    /// Drops every idle connection to `id` (backend removed or marked down).
+    pub fn clear(&mut self, id: BackendId) {
+        if let Some(slot) = self.slots.get_mut(id.0 as usize) {
+            slot.clear();
+        }
+    }
+
+    /// Idle connections to `id`.
+    pub fn idle(&self, id: BackendId) -> usize {
+        self.slots.get(id.0 as usize).map_or(0, Vec::len)
+    }
+}

@@ -1,0 +1,92 @@
+//! Backend selection: one small trait, one strategy per file.
+//!
+//! A [`Balancer`] is owned by one worker (`&mut self`, no atomics of its own):
+//! [`Balancer::update`] rebuilds its view when a new snapshot arrives,
+//! [`Balancer::pick`] chooses a backend per request in O(1) (or O(n) for
+//! LeastConnections, which must look at every candidate). Strategies that
+//! need the global in-flight count read it from the [`crate::backend::Backend`].
+
+mod ip_hash;
+mod least_connections;
+mod power_of_two;
+mod random;
+mod round_robin;
+mod weighted_round_robin;
+
+use std::net::IpAddr;
+
+pub use ip_hash::IpHash;
+pub use least_connections::LeastConnections;
+pub use power_of_two::PowerOfTwoChoices;
+pub use random::{Random, Rng};
+pub use round_robin::RoundRobin;
+pub use weighted_round_robin::WeightedRoundRobin;
+
+use crate::config::Strategy;
+use crate::health::Snapshot;
+
+/// A backend selection strategy.
+pub trait Balancer {
+    /// Rebuilds the strategy's view after a snapshot change.
+    fn update(&mut self, snapshot: &Snapshot);
+
+    /// Picks a backend (an index into `snapshot.backends`) that is up and is
+    /// not `exclude` when another is available; `None` when none is up.
+    fn pick(
+        &mut self,
+        snapshot: &Snapshot,
+        client: IpAddr,
+        exclude: Option<usize>,
+    ) -> Option<usize>;
+}
+
+/// Builds the balancer for a strategy; `seed` varies random choices per worker.
+pub fn new(strategy: Strategy, seed: u64) -> Box<dyn Balancer> {
+    match strategy {
+        Strategy::RoundRobin => Box::new(RoundRobin::default()),
+        Strategy::LeastConnections => Box::new(LeastConnections::default()),
+        Strategy::Random => Box::new(Random::new(seed)),
+        Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::default()),
+        Strategy::IpHash => Box::new(IpHash::default()),
+        Strategy::PowerOfTwoChoices => Box::new(PowerOfTwoChoices::new(seed)),
+    }
+}
+
+/// Indices of the backends that are up.
+pub(crate) fn up_indices(snapshot: &Snapshot) -> Vec<usize> {
+    snapshot
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.up)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::sync::Arc;
+
+    use crate::backend::{Backend, BackendId};
+    use crate::health::{BackendView, Snapshot};
+
+    /// A snapshot with `weights.len()` backends on 127.0.0.1:1000+i.
+    pub fn snapshot(weights: &[u32], up: &[bool]) -> Snapshot {
+        Snapshot {
+            version: 1,
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| BackendView {
+                    backend: Arc::new(Backend::new(
+                        BackendId(i as u32),
+                        format!("127.0.0.1:{}", 1000 + i),
+                        format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                        w,
+                    )),
+                    up: up[i],
+                })
+                .collect(),
+        }
+    }
+}

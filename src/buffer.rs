@@ -1,0 +1,139 @@
+//! [`IoBuf`]: the read buffer of one connection (client or backend).
+//!
+//! Heads are parsed in place from it and forwarded as slices of it. It is a
+//! `Vec<u8>` that is initialised once and then reused: reads go straight into
+//! its free tail with no zeroing per read and no `unsafe` (a `BytesMut` would
+//! need either), consumed bytes are skipped by an offset, and the live bytes
+//! move to the front only when the tail is full. It grows (up to a limit) only
+//! when a single head does not fit.
+
+use std::io;
+
+use futures_lite::{AsyncRead, AsyncReadExt};
+
+/// A growable read buffer with a consumed prefix.
+#[derive(Debug)]
+pub struct IoBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+    initial: usize,
+    max: usize,
+}
+
+impl IoBuf {
+    /// A buffer of `initial` bytes that may grow to `max`.
+    pub fn new(initial: usize, max: usize) -> Self {
+        IoBuf {
+            data: vec![0; initial],
+            start: 0,
+            end: 0,
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The bytes read and not yet consumed.
+    #[inline]
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// Number of unconsumed bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when every byte read has been consumed.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Marks `n` bytes at the front as consumed.
+    #[inline]
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Drops every unconsumed byte.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// True when no more bytes fit (the buffer is at its limit and full).
+    pub fn is_full(&self) -> bool {
+        self.start == 0 && self.end == self.data.len() && self.data.len() >= self.max
+    }
+
+    /// Returns the buffer to its initial size if it grew and holds nothing,
+    /// so an idle connection does not keep a large buffer.
+    pub fn shrink_if_idle(&mut self) {
+        if self.is_empty() && self.data.len() > self.initial {
+            self.data = vec![0; self.initial];
+        }
+    }
+
+    /// The free tail to read into, making room first (compact, then grow).
+    fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < self.max {
+                let new_len = (self.data.len() * 2).min(self.max);
+                self.data.resize(new_len, 0);
+            }
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Reads once from `r` into the free tail; returns the bytes read
+    /// (0 at end of stream). Errors with `OutOfMemory` when full.
+    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        let spare = self.spare();
+        if spare.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "read buffer full",
+            ));
+        }
+        let n = r.read(spare).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacts_grows_and_shrinks() {
+        futures_lite::future::block_on(async {
+            let mut b = IoBuf::new(4, 8);
+            let mut src: &[u8] = b"abcdefghijkl";
+            assert_eq!(b.read_from(&mut src).await.unwrap(), 4);
+            b.consume(2);
+            assert_eq!(b.filled(), b"cd");
+            assert_eq!(b.read_from(&mut src).await.unwrap(), 2);
+            assert_eq!(b.filled(), b"cdef");
+            assert_eq!(b.read_from(&mut src).await.unwrap(), 4);
+            assert_eq!(b.filled(), b"cdefghij");
+            assert!(b.is_full());
+            assert!(b.read_from(&mut src).await.is_err());
+            b.consume(8);
+            assert!(b.is_empty());
+            b.shrink_if_idle();
+            assert_eq!(b.data.len(), 4);
+        });
+    }
+}

@@ -1,0 +1,553 @@
+//! The configuration file: its TOML shape, validation, and the immutable
+//! [`Config`] every executor reads.
+//!
+//! Parsing goes file -> [`FileConfig`] (serde, unknown keys rejected) ->
+//! [`validate`] (a pure function that names the key at fault) -> [`Config`].
+//! Every key of the original Ekilibri keeps its name, unit and meaning, so an
+//! original `ekilibri.toml` runs unchanged. This module does not own runtime
+//! state: hot changes of the backend set go through the health executor.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Listen address when the file has no `listen` key: the original's fixed port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Passive check: failed requests tolerated within `fail_window` (original default).
+pub const DEFAULT_MAX_FAILS: u32 = 5;
+/// Passive check window in seconds (original default).
+pub const DEFAULT_FAIL_WINDOW_S: u64 = 60;
+/// Backend connect/read/write timeout in milliseconds (the original's defaults).
+pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 1000;
+/// Health check path (the original's example and the test backend's route).
+pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/health";
+/// Active check period: the original checked every 500 ms.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL_MS: u64 = 500;
+/// Consecutive failed checks before a backend is marked down. One, as in the
+/// original, where a single failed check removed the server.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 1;
+/// Consecutive passed checks before a down backend returns. One, so a backend
+/// that recovers is back within one check interval.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+/// Idle keep-alive connections kept per backend *per worker*. Large enough
+/// that a busy worker rarely reconnects; idle sockets cost ~1 fd each.
+pub const DEFAULT_POOL_SIZE: usize = 64;
+/// Largest request or response head accepted; beyond it the client gets 431.
+/// nginx's default is 8 KiB x 4 large buffers; 64 KiB leaves room for big
+/// cookies while bounding memory per connection.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Time a client has to send a complete request head once it has started
+/// (nginx's `client_header_timeout` default is 60 s; we are stricter).
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Time an idle keep-alive client connection is kept open (nginx: 75 s).
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
+/// Longest a graceful shutdown waits for in-flight requests.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Extra attempts after a failure that is safe to retry.
+pub const DEFAULT_RETRIES: u32 = 1;
+/// Accept backlog of each worker's listen socket (glommio hard-codes 1024).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// Largest weight a server may have; bounds the weighted round-robin schedule.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// How the next backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Strict rotation over the healthy backends.
+    RoundRobin,
+    /// The backend with the fewest in-flight requests (global count).
+    LeastConnections,
+    /// A uniformly random healthy backend.
+    Random,
+    /// Smooth weighted rotation (nginx's algorithm), by `weight`.
+    WeightedRoundRobin,
+    /// Consistent hash of the client IP: a client sticks to one backend.
+    IpHash,
+    /// Two random healthy backends, the one with fewer in-flight requests.
+    PowerOfTwoChoices,
+}
+
+impl Strategy {
+    const NAMES: &'static str =
+        "RoundRobin, LeastConnections, Random, WeightedRoundRobin, IpHash, PowerOfTwoChoices";
+
+    fn parse(s: &str) -> Option<Strategy> {
+        Some(match s {
+            "RoundRobin" => Strategy::RoundRobin,
+            "LeastConnections" => Strategy::LeastConnections,
+            "Random" => Strategy::Random,
+            "WeightedRoundRobin" => Strategy::WeightedRoundRobin,
+            "IpHash" => Strategy::IpHash,
+            "PowerOfTwoChoices" => Strategy::PowerOfTwoChoices,
+            _ => return None,
+        })
+    }
+
+    /// True when the strategy needs the global in-flight count per backend.
+    pub fn needs_inflight(self) -> bool {
+        matches!(
+            self,
+            Strategy::LeastConnections | Strategy::PowerOfTwoChoices
+        )
+    }
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// The address as written in the file (used in logs and for hashing, so
+    /// the same file maps clients the same way on every instance).
+    pub name: String,
+    /// The resolved address connections go to.
+    pub addr: SocketAddr,
+    /// Relative share of traffic for weighted strategies (1..=1000).
+    pub weight: u32,
+}
+
+/// The validated, immutable configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every worker binds with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Number of request workers (one pinned executor each).
+    pub workers: usize,
+    /// The backends, in file order.
+    pub servers: Vec<ServerSpec>,
+    /// Backend selection strategy.
+    pub strategy: Strategy,
+    /// Passive check: failures within `fail_window` that take a backend out.
+    pub max_fails: u32,
+    /// Passive check window.
+    pub fail_window: Duration,
+    /// Backend connect timeout (routed calls and health checks).
+    pub connection_timeout: Duration,
+    /// Backend write timeout, per write.
+    pub write_timeout: Duration,
+    /// Backend read timeout, per read (time between bytes of the response).
+    pub read_timeout: Duration,
+    /// Path probed by active health checks.
+    pub health_check_path: String,
+    /// Period of active health checks.
+    pub health_check_interval: Duration,
+    /// Timeout of one active health check.
+    pub health_check_timeout: Duration,
+    /// Consecutive passed checks that bring a backend back.
+    pub healthy_threshold: u32,
+    /// Consecutive failed checks that take a backend out.
+    pub unhealthy_threshold: u32,
+    /// Idle keep-alive connections kept per backend per worker.
+    pub pool_size: usize,
+    /// Largest accepted request or response head, in bytes.
+    pub max_header_bytes: usize,
+    /// Time to receive a whole request head once its first byte arrived.
+    pub client_header_timeout: Duration,
+    /// Idle time allowed between requests on a client connection.
+    pub keepalive_timeout: Duration,
+    /// Bound on graceful drain at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Extra attempts for safely retryable failures.
+    pub retries: u32,
+    /// Accept backlog per worker socket.
+    pub listen_backlog: u32,
+    /// glommio `spin_before_park`, off unless set (busy polling steals CPU
+    /// from clients and backends on the same host).
+    pub spin_before_park: Option<Duration>,
+}
+
+/// The file as written. Every key but `servers` is optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    servers: Option<Vec<ServerEntry>>,
+    strategy: Option<String>,
+    max_fails: Option<u32>,
+    fail_window: Option<u64>,
+    connection_timeout: Option<u64>,
+    write_timeout: Option<u64>,
+    read_timeout: Option<u64>,
+    health_check_path: Option<String>,
+    pool_size: Option<i64>,
+    listen: Option<String>,
+    workers: Option<i64>,
+    max_header_bytes: Option<i64>,
+    client_header_timeout: Option<u64>,
+    keepalive_timeout: Option<u64>,
+    health_check_interval: Option<u64>,
+    health_check_timeout: Option<u64>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    shutdown_timeout: Option<u64>,
+    retries: Option<u32>,
+    listen_backlog: Option<u32>,
+    spin_before_park: Option<u64>,
+}
+
+/// A `servers` entry: `"host:port"` or `{ address = "host:port", weight = N }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ServerEntry {
+    Plain(String),
+    Table(ServerTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTable {
+    address: String,
+    weight: Option<i64>,
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates configuration text; `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+    validate(path, file)
+}
+
+/// Turns a TOML error into one line naming the line and, when it can be
+/// found, the key.
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().replace('\n', " ").trim().to_string();
+    let (line, key) = match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line_no = text[..start].matches('\n').count() + 1;
+            let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+            let line_text = text[line_start..].lines().next().unwrap_or("");
+            let key = match line_text.split_once('=') {
+                Some((k, _)) if !message.contains('`') => {
+                    let k = k.trim().trim_matches('"');
+                    if k.is_empty() || k.starts_with('[') {
+                        String::new()
+                    } else {
+                        format!("key `{k}`: ")
+                    }
+                }
+                _ => String::new(),
+            };
+            (line_no, key)
+        }
+        None => (0, String::new()),
+    };
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        key,
+        message,
+    }
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+/// Validates a parsed file into a [`Config`]. Pure apart from resolving
+/// host names in `servers` and `listen`.
+pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        message,
+    };
+
+    let entries = f.servers.ok_or_else(|| {
+        invalid(
+            "servers",
+            "is required: list the backends as \"host:port\"".into(),
+        )
+    })?;
+    if entries.is_empty() {
+        return Err(invalid(
+            "servers",
+            "is empty: list at least one backend".into(),
+        ));
+    }
+    let mut servers = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let (name, weight) = match entry {
+            ServerEntry::Plain(s) => (s, 1),
+            ServerEntry::Table(t) => (t.address, t.weight.unwrap_or(1)),
+        };
+        if !(1..=MAX_WEIGHT as i64).contains(&weight) {
+            return Err(invalid(
+                "servers",
+                format!("`{name}`: weight {weight} is out of range 1..={MAX_WEIGHT}"),
+            ));
+        }
+        let addr = resolve(&name).map_err(|m| invalid("servers", format!("`{name}`: {m}")))?;
+        if servers.iter().any(|s: &ServerSpec| s.addr == addr) {
+            return Err(invalid("servers", format!("`{name}` is listed twice")));
+        }
+        servers.push(ServerSpec {
+            name,
+            addr,
+            weight: weight as u32,
+        });
+    }
+
+    let strategy = match f.strategy.as_deref() {
+        None => Strategy::RoundRobin,
+        Some(s) => Strategy::parse(s).ok_or_else(|| {
+            invalid(
+                "strategy",
+                format!(
+                    "unknown strategy `{s}` (expected one of {})",
+                    Strategy::NAMES
+                ),
+            )
+        })?,
+    };
+
+    let listen_s = f.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = resolve(listen_s).map_err(|m| invalid("listen", format!("`{listen_s}`: {m}")))?;
+
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let workers = match f.workers {
+        None => cpus,
+        Some(n) if n >= 1 && n <= 1024 => n as usize,
+        Some(n) => return Err(invalid("workers", format!("{n} is out of range 1..=1024"))),
+    };
+
+    let pool_size = match f.pool_size {
+        None => DEFAULT_POOL_SIZE,
+        Some(n) if n >= 1 && n <= 1_000_000 => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "pool_size",
+                format!(
+                    "{n} is out of range 1..=1000000 (idle connections per backend per worker)"
+                ),
+            ));
+        }
+    };
+
+    let max_header_bytes = match f.max_header_bytes {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(n) if (1024..=1 << 20).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "max_header_bytes",
+                format!("{n} is out of range 1024..=1048576"),
+            ));
+        }
+    };
+
+    let max_fails = f.max_fails.unwrap_or(DEFAULT_MAX_FAILS);
+    if max_fails == 0 {
+        return Err(invalid("max_fails", "must be at least 1".into()));
+    }
+    let fail_window = Duration::from_secs(f.fail_window.unwrap_or(DEFAULT_FAIL_WINDOW_S));
+    if fail_window.is_zero() {
+        return Err(invalid("fail_window", "must be at least 1 second".into()));
+    }
+
+    let health_check_path = f
+        .health_check_path
+        .unwrap_or_else(|| DEFAULT_HEALTH_CHECK_PATH.to_string());
+    if !health_check_path.starts_with('/')
+        || health_check_path.bytes().any(|b| b <= b' ' || b == 0x7f)
+    {
+        return Err(invalid(
+            "health_check_path",
+            format!(
+                "`{health_check_path}` must start with '/' and contain no spaces or control characters"
+            ),
+        ));
+    }
+
+    let nonzero = |key: &'static str, v: Option<u64>, default: u64| {
+        let d = ms(v, default);
+        if d.is_zero() {
+            Err(invalid(key, "must be at least 1 millisecond".into()))
+        } else {
+            Ok(d)
+        }
+    };
+    let connection_timeout = nonzero(
+        "connection_timeout",
+        f.connection_timeout,
+        DEFAULT_BACKEND_TIMEOUT_MS,
+    )?;
+    let write_timeout = nonzero("write_timeout", f.write_timeout, DEFAULT_BACKEND_TIMEOUT_MS)?;
+    let read_timeout = nonzero("read_timeout", f.read_timeout, DEFAULT_BACKEND_TIMEOUT_MS)?;
+    let health_check_interval = nonzero(
+        "health_check_interval",
+        f.health_check_interval,
+        DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+    )?;
+    let health_check_timeout = match f.health_check_timeout {
+        Some(v) => nonzero("health_check_timeout", Some(v), 0)?,
+        None => connection_timeout + read_timeout,
+    };
+    let client_header_timeout = nonzero(
+        "client_header_timeout",
+        f.client_header_timeout,
+        DEFAULT_CLIENT_HEADER_TIMEOUT_MS,
+    )?;
+    let keepalive_timeout = nonzero(
+        "keepalive_timeout",
+        f.keepalive_timeout,
+        DEFAULT_KEEPALIVE_TIMEOUT_MS,
+    )?;
+    let shutdown_timeout = ms(f.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT_MS);
+
+    let healthy_threshold = f.healthy_threshold.unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
+    if healthy_threshold == 0 {
+        return Err(invalid("healthy_threshold", "must be at least 1".into()));
+    }
+    let unhealthy_threshold = f.unhealthy_threshold.unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD);
+    if unhealthy_threshold == 0 {
+        return Err(invalid("unhealthy_threshold", "must be at least 1".into()));
+    }
+    let retries = f.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries > 10 {
+        return Err(invalid("retries", format!("{retries} is more than 10")));
+    }
+    let listen_backlog = f.listen_backlog.unwrap_or(DEFAULT_LISTEN_BACKLOG);
+    if listen_backlog == 0 {
+        return Err(invalid("listen_backlog", "must be at least 1".into()));
+    }
+    let spin_before_park = f
+        .spin_before_park
+        .filter(|&us| us > 0)
+        .map(Duration::from_micros);
+
+    Ok(Config {
+        listen,
+        workers,
+        servers,
+        strategy,
+        max_fails,
+        fail_window,
+        connection_timeout,
+        write_timeout,
+        read_timeout,
+        health_check_path,
+        health_check_interval,
+        health_check_timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        pool_size,
+        max_header_bytes,
+        client_header_timeout,
+        keepalive_timeout,
+        shutdown_timeout,
+        retries,
+        listen_backlog,
+        spin_before_park,
+    })
+}
+
+/// Resolves "host:port" to one socket address (the first the resolver gives).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err("not a valid \"host:port\" address".into()),
+    }
+    match s.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| "the host name resolves to no address".to_string()),
+        Err(e) => Err(format!("cannot resolve: {e}")),
+    }
+}
+
+impl Config {
+    /// One line describing the configuration, for `--check` and the startup log.
+    pub fn summary(&self) -> String {
+        let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        format!(
+            "listen {} workers {} strategy {:?} backends [{}]",
+            self.listen,
+            self.workers,
+            self.strategy,
+            names.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn original_file_runs_unchanged() {
+        let c = p(r#"
+servers = ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]
+strategy = "LeastConnections"
+max_fails = 5
+fail_window = 60
+connection_timeout = 1000
+write_timeout = 1000
+read_timeout = 1000
+health_check_path = "/health"
+pool_size = 10
+"#)
+        .expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.strategy, Strategy::LeastConnections);
+        assert_eq!(c.pool_size, 10);
+        assert_eq!(c.read_timeout, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn servers_mix_strings_and_tables() {
+        let c = p(r#"servers = ["127.0.0.1:1", { address = "127.0.0.1:2", weight = 3 }]"#).unwrap();
+        assert_eq!(c.servers[0].weight, 1);
+        assert_eq!(c.servers[1].weight, 3);
+        assert_eq!(c.strategy, Strategy::RoundRobin);
+    }
+
+    fn err(text: &str) -> String {
+        p(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err(r#"servers = ["127.0.0.1:1"]
+bogus = 1"#);
+        assert!(e.contains("bogus") && e.contains("test.toml"), "{e}");
+        let e = err("servers = []");
+        assert!(e.contains("`servers`") && e.contains("empty"), "{e}");
+        let e = err(r#"servers = ["nonsense"]"#);
+        assert!(e.contains("`servers`") && e.contains("nonsense"), "{e}");
+        let e = err(r#"servers = ["127.0.0.1:1"]
+pool_size = 0"#);
+        assert!(e.contains("`pool_size`"), "{e}");
+        let e = err(r#"servers = ["127.0.0.1:1"]
+strategy = "Fastest""#);
+        assert!(e.contains("`strategy`") && e.contains("Fastest"), "{e}");
+        let e = err(r#"servers = ["127.0.0.1:1"]
+pool_size = "ten""#);
+        assert!(e.contains("pool_size") && e.contains(":2:"), "{e}");
+        let e = err("servers = [");
+        assert!(e.contains("test.toml:"), "{e}");
+        let e = err(r#"servers = ["127.0.0.1:1", "127.0.0.1:1"]"#);
+        assert!(e.contains("twice"), "{e}");
+        let e = err(r#"servers = [{ address = "127.0.0.1:1", weight = 0 }]"#);
+        assert!(e.contains("weight"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}

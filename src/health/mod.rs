@@ -1,0 +1,68 @@
+//! Backend health: the snapshot workers route by, and the messages that carry
+//! health between the health executor and the workers.
+//!
+//! The health executor ([`checker`]) owns all health state. After every flip
+//! it publishes a new immutable [`Snapshot`] to each worker over that
+//! worker's shared channel; workers never read health state across cores on
+//! the request path, only their latest local snapshot. Workers report
+//! passive failures back as [`Report`]s over their own channel.
+
+pub mod checker;
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendId};
+
+/// One backend as a snapshot sees it.
+#[derive(Debug, Clone)]
+pub struct BackendView {
+    /// The backend (shared across snapshots so identity and counters persist).
+    pub backend: Arc<Backend>,
+    /// May take traffic.
+    pub up: bool,
+}
+
+/// An immutable view of which backends may take traffic.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Increases with every publication; workers ignore older ones.
+    pub version: u64,
+    /// Every backend, in configuration order, up or not.
+    pub backends: Vec<BackendView>,
+}
+
+impl Snapshot {
+    /// Backends that may take traffic.
+    pub fn up_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.up).count()
+    }
+}
+
+/// Health executor -> worker.
+#[derive(Debug)]
+pub enum Control {
+    /// A new snapshot to route by.
+    Snapshot(Arc<Snapshot>),
+    /// Stop accepting, drain, exit.
+    Shutdown,
+}
+
+/// What a worker saw go wrong with a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connect refused, reset or unreachable.
+    Connect,
+    /// Connect, read or write timed out.
+    Timeout,
+    /// The backend sent an invalid response or closed mid-response.
+    BadResponse,
+}
+
+/// Worker -> health executor: a passive failure.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// The backend that failed.
+    pub backend: BackendId,
+    /// How it failed.
+    pub kind: FailureKind,
+}

@@ -1,0 +1,174 @@
+//! HTTP/1.1 message heads and bodies, as the proxy sees them.
+//!
+//! - [`request`]: parse a client's request head with httparse, apply the
+//!   checks httparse leaves to us (framing, smuggling, bare LF), and build the
+//!   head forwarded to the backend from slices of the read buffer.
+//! - [`response`]: the same for a backend's response head.
+//! - [`chunked`]: a strict, streaming chunked-coding decoder that re-emits
+//!   the body in canonical form (or decoded, for HTTP/1.0 clients).
+//! - [`canned`]: the small responses the balancer writes itself.
+//!
+//! Nothing here does I/O: the functions take bytes and return decisions, so
+//! they are unit-tested, fuzzed and benchmarked on their own.
+
+pub mod canned;
+pub mod chunked;
+pub mod request;
+pub mod response;
+
+/// How a message body is delimited (RFC 9112 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// The body runs until the sender closes (responses only).
+    UntilClose,
+}
+
+/// Headers that describe one connection rather than the message; a proxy
+/// never forwards them (RFC 9110 §7.6.1). `transfer-encoding` and
+/// `content-length` are re-emitted by us in canonical form instead.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"proxy-connection",
+        b"upgrade",
+        b"transfer-encoding",
+        b"content-length",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Iterates the comma-separated elements of a header value, trimmed of
+/// optional whitespace, skipping empty elements (RFC 9110 §5.6.1).
+pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// Strips spaces and tabs at both ends.
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Parses a Content-Length value strictly: one or more digits, no sign, no
+/// overflow; a list of identical values ("5, 5") is accepted as one.
+pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut result: Option<u64> = None;
+    let mut any = false;
+    for elem in value.split(|&b| b == b',').map(trim_ows) {
+        any = true;
+        if elem.is_empty() || elem.len() > 19 || !elem.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &d in elem {
+            n = n * 10 + u64::from(d - b'0');
+        }
+        match result {
+            Some(prev) if prev != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    if any { result } else { None }
+}
+
+/// Byte offset of `inner` inside `outer`, both slices of the same buffer.
+#[inline]
+pub(crate) fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
+}
+
+/// End (exclusive, after the LF) of the line containing `pos`.
+#[inline]
+pub(crate) fn line_end(buf: &[u8], pos: usize) -> usize {
+    match buf[pos..].iter().position(|&b| b == b'\n') {
+        Some(i) => pos + i + 1,
+        None => buf.len(),
+    }
+}
+
+/// True when every LF in `head` is preceded by CR. httparse accepts bare LF
+/// line endings; a proxy that does not reject them can disagree with the
+/// backend on where the head ends.
+pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in head {
+        if b == b'\n' && prev != b'\r' {
+            return true;
+        }
+        prev = b;
+    }
+    false
+}
+
+/// Appends a decimal number without going through `fmt`.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_strict() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b" 42 "), Some(42));
+        assert_eq!(parse_content_length(b"5, 5"), Some(5));
+        assert_eq!(parse_content_length(b"5, 6"), None);
+        assert_eq!(parse_content_length(b"+5"), None);
+        assert_eq!(parse_content_length(b"-1"), None);
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"5,"), None);
+        assert_eq!(parse_content_length(b"99999999999999999999"), None);
+        assert_eq!(parse_content_length(b"0x10"), None);
+    }
+
+    #[test]
+    fn bare_lf_is_found() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
+    }
+
+    #[test]
+    fn decimal() {
+        let mut v = Vec::new();
+        push_decimal(&mut v, 0);
+        v.push(b' ');
+        push_decimal(&mut v, 1234567890);
+        assert_eq!(v, b"0 1234567890");
+    }
+
+    #[test]
+    fn list_elements_skip_empties() {
+        let v: Vec<&[u8]> = list_elements(b" gzip ,, chunked").collect();
+        assert_eq!(v, vec![&b"gzip"[..], &b"chunked"[..]]);
+    }
+}

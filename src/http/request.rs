@@ -1,0 +1,558 @@
+//! Request heads: parse, check, rewrite.
+//!
+//! [`parse`] reads a request head straight from the connection's buffer with
+//! httparse, applies the checks a proxy must add on top (RFC 9112 §6.1, §6.3:
+//! one unambiguous framing, no bare LF, exactly one Host), and writes the head
+//! to forward into `out` by copying runs of the original header lines and
+//! skipping only what must change: hop-by-hop headers, `Content-Length` /
+//! `Transfer-Encoding` (re-emitted in canonical form), `Expect: 100-continue`
+//! (answered by the balancer), header names with underscores (dropped, like
+//! nginx's default), and `X-Forwarded-For` (merged, the client's address
+//! appended).
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::ops::Range;
+
+use super::{
+    BodyFraming, has_bare_lf, is_hop_by_hop, line_end, list_elements, offset_in,
+    parse_content_length, push_decimal,
+};
+use crate::error::ProxyError;
+
+/// Most header fields accepted in one request; more gets 431.
+pub const MAX_HEADERS: usize = 100;
+/// Longest request line accepted; longer gets 414 (nginx: 8 KiB buffers).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// The request method, as far as the proxy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD: the response has no body whatever its headers say.
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// DELETE
+    Delete,
+    /// OPTIONS
+    Options,
+    /// TRACE
+    Trace,
+    /// PATCH
+    Patch,
+    /// Any other token.
+    Other,
+}
+
+impl Method {
+    fn from_bytes(m: &[u8]) -> Method {
+        match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"OPTIONS" => Method::Options,
+            b"TRACE" => Method::Trace,
+            b"PATCH" => Method::Patch,
+            _ => Method::Other,
+        }
+    }
+
+    /// Idempotent methods (RFC 9110 §9.2.2) may be retried after a failure.
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
+        )
+    }
+}
+
+/// What the proxy needs to know about a parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the buffer taken by the head (including leading empty lines).
+    pub head_len: usize,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// The method.
+    pub method: Method,
+    /// Where the method is in the buffer (for logs).
+    pub method_range: Range<usize>,
+    /// Where the request target is in the buffer (for logs).
+    pub target_range: Range<usize>,
+    /// How the request body is framed (`UntilClose` never happens here).
+    pub body: BodyFraming,
+    /// The client allows the connection to stay open after the response.
+    pub keep_alive: bool,
+    /// The client asked for a protocol upgrade (forwarded as such).
+    pub upgrade: bool,
+    /// The client sent `Expect: 100-continue` and waits before the body.
+    pub expect_continue: bool,
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed, `Ok(Some(head))` with the
+/// forwarded head written to `out`, or the error to answer with.
+pub fn parse(
+    buf: &[u8],
+    max_header_bytes: usize,
+    client_ip: IpAddr,
+    out: &mut Vec<u8>,
+) -> Result<Option<RequestHead>, ProxyError> {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_REQUEST_LINE && !buf[..MAX_REQUEST_LINE].contains(&b'\n') {
+                return Err(ProxyError::UriTooLong);
+            }
+            if buf.len() >= max_header_bytes {
+                return Err(ProxyError::HeaderTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::HeaderTooLarge),
+        Err(httparse::Error::Version) => {
+            // "HTTP/2.0" and friends are well-formed but unsupported; junk
+            // in the version position is a plain bad request.
+            return Err(if looks_like_other_version(buf) {
+                ProxyError::VersionNotSupported
+            } else {
+                ProxyError::BadRequest("malformed request line")
+            });
+        }
+        Err(_) => return Err(ProxyError::BadRequest("malformed request head")),
+    };
+    if head_len > max_header_bytes {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    let head = &buf[..head_len];
+    if has_bare_lf(head) {
+        return Err(ProxyError::BadRequest("bare LF line ending"));
+    }
+    // httparse guarantees these are set on Complete.
+    let (Some(method_s), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(ProxyError::BadRequest("malformed request line"));
+    };
+    let method_start = offset_in(buf, method_s.as_bytes());
+    let first_lf = line_end(buf, method_start);
+    if first_lf - method_start > MAX_REQUEST_LINE {
+        return Err(ProxyError::UriTooLong);
+    }
+    let method = Method::from_bytes(method_s.as_bytes());
+    if method_s == "CONNECT" {
+        return Err(ProxyError::NotImplemented("CONNECT"));
+    }
+    let headers = &*req.headers;
+
+    // Pass 1: learn framing and connection options.
+    let mut content_length: Option<u64> = None;
+    let mut saw_cl = false;
+    let mut te_seen = false;
+    let mut te_last_chunked = false;
+    let mut te_chunked_count = 0u32;
+    let mut te_other = false;
+    let mut host_count = 0u32;
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut conn_upgrade = false;
+    let mut upgrade_present = false;
+    let mut expect_continue = false;
+    let mut conn_tokens: Vec<&[u8]> = Vec::new();
+    let mut xff_count = 0u32;
+    for h in headers {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => host_count += 1,
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                if super::trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                }
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade_present = true,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for tok in list_elements(value) {
+                    if tok.eq_ignore_ascii_case(b"close") {
+                        conn_close = true;
+                    } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_keep_alive = true;
+                    } else if tok.eq_ignore_ascii_case(b"upgrade") {
+                        conn_upgrade = true;
+                    } else {
+                        conn_tokens.push(tok);
+                    }
+                }
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let n = parse_content_length(value)
+                    .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+                if saw_cl && content_length != Some(n) {
+                    return Err(ProxyError::BadRequest("conflicting Content-Length"));
+                }
+                saw_cl = true;
+                content_length = Some(n);
+            }
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => xff_count += 1,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                te_seen = true;
+                let mut any = false;
+                for coding in list_elements(value) {
+                    any = true;
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        te_chunked_count += 1;
+                        te_last_chunked = true;
+                    } else {
+                        te_last_chunked = false;
+                        te_other = true;
+                    }
+                }
+                if !any {
+                    return Err(ProxyError::BadRequest("empty Transfer-Encoding"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let body = if te_seen {
+        if minor == 0 {
+            return Err(ProxyError::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        if saw_cl {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if !te_last_chunked || te_chunked_count != 1 {
+            return Err(ProxyError::BadRequest(
+                "chunked is not the final transfer coding",
+            ));
+        }
+        if te_other {
+            return Err(ProxyError::NotImplemented(
+                "transfer coding other than chunked",
+            ));
+        }
+        BodyFraming::Chunked
+    } else if let Some(n) = content_length {
+        BodyFraming::Length(n)
+    } else {
+        BodyFraming::None
+    };
+    if host_count > 1 || (minor == 1 && host_count == 0) {
+        return Err(ProxyError::BadRequest(
+            "a request needs exactly one Host header",
+        ));
+    }
+    let keep_alive = if minor == 1 {
+        !conn_close
+    } else {
+        conn_keep_alive && !conn_close
+    };
+    let upgrade = minor == 1 && conn_upgrade && upgrade_present && body == BodyFraming::None;
+
+    // Pass 2: write the forwarded head from runs of the original lines.
+    out.clear();
+    out.reserve(head_len + 64);
+    out.extend_from_slice(method_s.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut run: Option<Range<usize>> = None;
+    let mut xff_values: Vec<&[u8]> = Vec::new();
+    for h in headers {
+        let name = h.name.as_bytes();
+        let start = offset_in(buf, name);
+        let end = line_end(buf, start + name.len());
+        let keep = if is_hop_by_hop(name) {
+            upgrade && name.eq_ignore_ascii_case(b"upgrade")
+        } else if name.len() == 15 && name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff_values.push(super::trim_ows(h.value));
+            false
+        } else if expect_continue && name.eq_ignore_ascii_case(b"expect") {
+            false
+        } else {
+            !name.contains(&b'_') && !conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+        };
+        match (&mut run, keep) {
+            (Some(r), true) if r.end == start => r.end = end,
+            (r, true) => {
+                if let Some(prev) = r.take() {
+                    out.extend_from_slice(&buf[prev]);
+                }
+                *r = Some(start..end);
+            }
+            (r, false) => {
+                if let Some(prev) = r.take() {
+                    out.extend_from_slice(&buf[prev]);
+                }
+            }
+        }
+    }
+    if let Some(prev) = run {
+        out.extend_from_slice(&buf[prev]);
+    }
+    debug_assert!(xff_values.len() == xff_count as usize);
+    if minor == 0 && host_count == 0 {
+        // A 1.1 request must carry Host; an empty one is valid when the
+        // target has no authority (RFC 9112 §3.2).
+        out.extend_from_slice(b"Host: \r\n");
+    }
+    match body {
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for v in xff_values.iter().filter(|v| !v.is_empty()) {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, client_ip);
+    out.extend_from_slice(b"\r\n\r\n");
+
+    Ok(Some(RequestHead {
+        head_len,
+        minor_version: minor,
+        method,
+        method_range: method_start..method_start + method_s.len(),
+        target_range: {
+            let s = offset_in(buf, path.as_bytes());
+            s..s + path.len()
+        },
+        body,
+        keep_alive,
+        upgrade,
+        expect_continue: expect_continue && body != BodyFraming::None,
+    }))
+}
+
+/// True when the request line ends in a well-formed `HTTP/x.y` other than 1.0/1.1.
+fn looks_like_other_version(buf: &[u8]) -> bool {
+    let line_len = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[..line_len];
+    match line.rsplit(|&b| b == b' ').next() {
+        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor]) => {
+            major.is_ascii_digit() && minor.is_ascii_digit()
+        }
+        Some([b'H', b'T', b'T', b'P', b'/', major]) => major.is_ascii_digit(),
+        _ => false,
+    }
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            for (i, b) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(*b));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+
+    fn ok(raw: &[u8]) -> (RequestHead, String) {
+        let mut out = Vec::new();
+        let h = parse(raw, 65536, IP, &mut out)
+            .expect("valid")
+            .expect("complete");
+        (h, String::from_utf8(out).unwrap())
+    }
+
+    fn status(raw: &[u8]) -> Option<u16> {
+        let mut out = Vec::new();
+        parse(raw, 65536, IP, &mut out)
+            .err()
+            .and_then(|e| e.status())
+    }
+
+    #[test]
+    fn simple_get_is_forwarded_with_xff() {
+        let (h, out) = ok(b"GET /a?b=c HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\r\n");
+        assert_eq!(h.method, Method::Get);
+        assert_eq!(h.body, BodyFraming::None);
+        assert!(h.keep_alive);
+        assert_eq!(
+            out,
+            "GET /a?b=c HTTP/1.1\r\nHost: example\r\nAccept: */*\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn partial_needs_more() {
+        let mut out = Vec::new();
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 65536, IP, &mut out).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_tokens_are_dropped() {
+        let (h, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Foo\r\nX-Foo: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Bar: 2\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nX_Under: 1\r\n\r\n");
+        assert!(!h.keep_alive);
+        assert!(!h.upgrade);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Bar: 2\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn xff_is_appended() {
+        let (_, out) = ok(b"GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\nHost: a\r\nx-forwarded-for: 10.0.0.2\r\n\r\n");
+        assert!(
+            out.ends_with("X-Forwarded-For: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\n\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn framing() {
+        let (h, out) = ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Length(5));
+        assert!(out.contains("Content-Length: 5\r\n"));
+        let (h, out) = ok(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Chunked);
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+    }
+
+    #[test]
+    fn smuggling_attempts_are_rejected() {
+        let s = |r: &[u8]| status(r);
+        assert_eq!(s(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(400));
+        assert_eq!(
+            s(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            s(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            s(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            s(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(s(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(400));
+        assert_eq!(
+            s(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(501)
+        );
+        assert_eq!(
+            s(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(s(b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n"), Some(400));
+        assert_eq!(s(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"), Some(400));
+        assert_eq!(
+            s(b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(s(b"GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"), Some(400));
+        assert_eq!(s(b"GET / HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(
+            s(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            s(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(s(b"GARBAGE\r\n\r\n"), Some(400));
+        assert_eq!(s(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
+    }
+
+    #[test]
+    fn limits() {
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..101 {
+            big.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        big.extend_from_slice(b"\r\n");
+        assert_eq!(status(&big), Some(431));
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_REQUEST_LINE + 10));
+        assert_eq!(status(&long), Some(414));
+        let mut out = Vec::new();
+        let mut huge = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 2000));
+        assert!(matches!(
+            parse(&huge, 1024, IP, &mut out),
+            Err(ProxyError::HeaderTooLarge)
+        ));
+    }
+
+    #[test]
+    fn http10_gets_host_and_keep_alive_rules() {
+        let (h, out) = ok(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!h.keep_alive);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: \r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        );
+        let (h, _) = ok(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn upgrade_and_expect() {
+        let (h, out) =
+            ok(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(h.upgrade);
+        assert!(out.contains("Upgrade: websocket\r\n") && out.contains("Connection: upgrade\r\n"));
+        let (h, out) =
+            ok(b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+        assert!(h.expect_continue);
+        assert!(!out.contains("Expect"));
+    }
+
+    #[test]
+    fn leading_empty_line_is_not_forwarded() {
+        let (h, out) = ok(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("GET / HTTP/1.1\r\n"));
+        assert_eq!(h.head_len, 29);
+    }
+}

@@ -1,0 +1,564 @@
+//! Forwarding one request and relaying its response.
+//!
+//! [`handle`] picks a backend, takes a pooled connection or opens one, sends
+//! the rewritten head and streams the body, reads the response head
+//! (relaying interim 1xx), and streams the response body back, re-chunking or
+//! de-chunking as the client needs. Bodies are never buffered whole.
+//!
+//! Retry policy (before any response byte reached the client):
+//! - connect failed (refused, timeout): the request never left; try another
+//!   backend, up to `retries` times, whatever the method;
+//! - a *reused* keep-alive connection failed before any response byte: the
+//!   backend probably closed it while idle; retry once on a fresh connection
+//!   if the method is idempotent and the body is still in our buffer.
+//!
+//! Everything else is answered with 502 (bad or missing response) or 504
+//! (timeout), and reported to the health executor as a passive failure.
+
+use futures_lite::{AsyncWriteExt, future};
+use glommio::net::TcpStream;
+use tracing::debug;
+
+use crate::backend::Backend;
+use crate::backend::pool::BackendConn;
+use crate::connection::Client;
+use crate::error::{ErrorSource, ProxyError};
+use crate::health::checker::failure_kind;
+use crate::http::chunked::{ChunkedDecoder, Mode};
+use crate::http::request::{Method, RequestHead};
+use crate::http::response::{self, ClientSide, ResponseHead};
+use crate::http::{BodyFraming, canned};
+use crate::worker::Worker;
+
+/// Bodies up to this size are sent in the same write as their head.
+const COALESCE: usize = 16 * 1024;
+
+/// Outcome of trying one backend.
+enum Attempt {
+    /// The response was relayed (or the client went away); keep-alive flag.
+    Done(bool),
+    /// Try again: `fresh` forces a new connection to the same backend,
+    /// otherwise another backend is preferred.
+    Retry { fresh: bool },
+    /// Answer the client with this error.
+    Fail(ProxyError),
+}
+
+/// Proxies one request whose head is parsed (`head_out` holds the forwarded
+/// head). Returns whether the client connection may stay open.
+pub async fn handle(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    head_out: &mut Vec<u8>,
+    resp_out: &mut Vec<u8>,
+) -> bool {
+    // The body is replayable while it sits entirely in our buffer.
+    let body_in_buf = match req.body {
+        BodyFraming::None => Some(0),
+        BodyFraming::Length(n) if (c.buf.len() - req.head_len) as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    c.buf.consume(req.head_len);
+    let snap = w.snapshot();
+    let mut attempts_left = w.config.retries + 1;
+    let mut exclude: Option<usize> = None;
+    let mut fresh = false;
+    let mut stale_retry_used = false;
+    let mut state = BodyState {
+        consumed: false,
+        continue_sent: false,
+    };
+
+    let result = loop {
+        let Some(idx) = w.pick(&snap, c.peer.ip(), exclude) else {
+            break Err(ProxyError::NoBackend);
+        };
+        let backend = &snap.backends[idx].backend;
+        let _inflight = w
+            .config
+            .strategy
+            .needs_inflight()
+            .then(|| backend.start_request());
+        let conn = if fresh {
+            None
+        } else {
+            w.pool.borrow_mut().take(backend.id)
+        };
+        let conn = match conn {
+            Some(conn) => conn,
+            None => match connect(w, backend).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(backend = %backend.name, "connect failed: {e}");
+                    if let Some(kind) = failure_kind(&e) {
+                        w.report(backend.id, kind);
+                    }
+                    attempts_left -= 1;
+                    if attempts_left > 0 && snap.up_count() > 1 {
+                        exclude = Some(idx);
+                        fresh = false;
+                        continue;
+                    }
+                    break Err(e);
+                }
+            },
+        };
+        match attempt(
+            w,
+            c,
+            req,
+            head_out,
+            resp_out,
+            conn,
+            backend,
+            body_in_buf,
+            &mut state,
+        )
+        .await
+        {
+            Attempt::Done(keep) => break Ok(keep),
+            Attempt::Retry { fresh: f } => {
+                if f && !stale_retry_used {
+                    stale_retry_used = true;
+                    fresh = true;
+                    continue;
+                }
+                break Err(ProxyError::BackendClosed);
+            }
+            Attempt::Fail(e) => {
+                if e.source_side() == ErrorSource::Backend
+                    && let Some(kind) = failure_kind(&e)
+                {
+                    w.report(backend.id, kind);
+                }
+                break Err(e);
+            }
+        }
+    };
+
+    match result {
+        Ok(keep) => keep,
+        Err(e) => {
+            debug!(peer = %c.peer, "request failed: {e}");
+            let Some(status) = e.status() else {
+                return false;
+            };
+            // The connection can go on only if the request body is behind us.
+            let body_done = match body_in_buf {
+                Some(n) if !state.consumed => {
+                    c.buf.consume(n);
+                    true
+                }
+                Some(_) => true,
+                None => state.consumed,
+            };
+            let keep = req.keep_alive
+                && body_done
+                && e.source_side() != ErrorSource::Client
+                && !w.draining();
+            let resp = canned::error_response(status, !keep);
+            if c.stream.write_all(&resp).await.is_err() {
+                return false;
+            }
+            keep
+        }
+    }
+}
+
+/// What has happened to the client's request body so far.
+struct BodyState {
+    /// The body has been read from the client (not replayable).
+    consumed: bool,
+    /// `100 Continue` was sent to the client.
+    continue_sent: bool,
+}
+
+async fn connect(w: &Worker, backend: &Backend) -> Result<BackendConn, ProxyError> {
+    let cfg = &w.config;
+    let stream = TcpStream::connect_timeout(backend.addr, cfg.connection_timeout)
+        .await
+        .map_err(|e| {
+            let e = std::io::Error::from(e);
+            if crate::error::is_timeout(&e) {
+                ProxyError::BackendTimeout
+            } else {
+                ProxyError::Connect(e)
+            }
+        })?;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(cfg.read_timeout));
+    let _ = stream.set_write_timeout(Some(cfg.write_timeout));
+    Ok(BackendConn::new(stream, cfg.max_header_bytes))
+}
+
+/// One try on one backend connection.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    head_out: &mut Vec<u8>,
+    resp_out: &mut Vec<u8>,
+    mut conn: BackendConn,
+    backend: &Backend,
+    body_in_buf: Option<usize>,
+    state: &mut BodyState,
+) -> Attempt {
+    let replayable = body_in_buf.is_some() && !state.consumed;
+    let may_retry_stale = conn.reused && replayable && req.method.is_idempotent();
+
+    // 1. Send the head and the body.
+    if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
+        if e.source_side() == ErrorSource::Backend && may_retry_stale {
+            return Attempt::Retry { fresh: true };
+        }
+        return Attempt::Fail(e);
+    }
+
+    // 2. Read the response head, relaying interim responses.
+    let client_side = ClientSide {
+        head_request: req.method == Method::Head,
+        minor_version: req.minor_version,
+        keep_alive: req.keep_alive && !w.draining(),
+        upgrade: req.upgrade,
+    };
+    let head = loop {
+        match read_response_head(w, &mut conn, client_side, resp_out).await {
+            Ok(h) if h.interim => {
+                conn.buf.consume(h.head_len);
+                if h.status != 100 && req.minor_version == 1 {
+                    if c.stream.write_all(resp_out).await.is_err() {
+                        return Attempt::Done(false);
+                    }
+                }
+            }
+            Ok(h) => break h,
+            Err((e, got_bytes)) => {
+                if !got_bytes && may_retry_stale && e.source_side() == ErrorSource::Backend {
+                    return Attempt::Retry { fresh: true };
+                }
+                return Attempt::Fail(e);
+            }
+        }
+    };
+    conn.buf.consume(head.head_len);
+    // From here on the request body is no longer needed for a retry.
+    if let Some(n) = body_in_buf
+        && !state.consumed
+    {
+        c.buf.consume(n);
+        state.consumed = true;
+    }
+
+    // 3. Relay the response.
+    if head.switching {
+        return Attempt::Done(tunnel(c, conn, resp_out).await);
+    }
+    match relay_body(w, c, &mut conn, &head, resp_out).await {
+        Ok(()) => {
+            if head.backend_keep_alive && conn.buf.is_empty() {
+                w.pool.borrow_mut().put(backend.id, conn);
+            }
+            Attempt::Done(head.client_keep_alive)
+        }
+        Err(e) => {
+            debug!(backend = %backend.name, "response relay aborted: {e}");
+            if e.source_side() == ErrorSource::Backend
+                && let Some(kind) = failure_kind(&e)
+            {
+                w.report(backend.id, kind);
+            }
+            // The head is out: the only honest signal left is closing.
+            Attempt::Done(false)
+        }
+    }
+}
+
+/// Writes the head and streams the request body to the backend.
+async fn send_request(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    head_out: &mut Vec<u8>,
+    conn: &mut BackendConn,
+    body_in_buf: Option<usize>,
+    state: &mut BodyState,
+) -> Result<(), ProxyError> {
+    let be = ProxyError::backend_io;
+    match (req.body, body_in_buf) {
+        (BodyFraming::None, _) => conn.stream.write_all(head_out).await.map_err(be),
+        (_, Some(n)) if !state.consumed => {
+            let body = &c.buf.filled()[..n];
+            if n <= COALESCE {
+                let head_len = head_out.len();
+                head_out.extend_from_slice(body);
+                let r = conn.stream.write_all(head_out).await;
+                head_out.truncate(head_len);
+                r.map_err(be)
+            } else {
+                conn.stream.write_all(head_out).await.map_err(be)?;
+                conn.stream.write_all(body).await.map_err(be)
+            }
+        }
+        (BodyFraming::Length(n), _) => {
+            conn.stream.write_all(head_out).await.map_err(be)?;
+            maybe_continue(w, c, req, state).await?;
+            state.consumed = true;
+            let _ = c
+                .stream
+                .set_read_timeout(Some(w.config.client_header_timeout));
+            let mut left = n;
+            while left > 0 {
+                if c.buf.is_empty() {
+                    let r = c
+                        .buf
+                        .read_from(&mut c.stream)
+                        .await
+                        .map_err(ProxyError::client_io)?;
+                    if r == 0 {
+                        return Err(ProxyError::ClientIo(
+                            std::io::ErrorKind::UnexpectedEof.into(),
+                        ));
+                    }
+                }
+                let take = (c.buf.len() as u64).min(left) as usize;
+                conn.stream
+                    .write_all(&c.buf.filled()[..take])
+                    .await
+                    .map_err(be)?;
+                c.buf.consume(take);
+                left -= take as u64;
+            }
+            Ok(())
+        }
+        (BodyFraming::Chunked, _) => {
+            conn.stream.write_all(head_out).await.map_err(be)?;
+            maybe_continue(w, c, req, state).await?;
+            state.consumed = true;
+            let _ = c
+                .stream
+                .set_read_timeout(Some(w.config.client_header_timeout));
+            let mut dec = ChunkedDecoder::new(Mode::Rechunk);
+            let mut out = Vec::with_capacity(COALESCE);
+            loop {
+                out.clear();
+                let used = dec
+                    .decode(c.buf.filled(), &mut out)
+                    .map_err(ProxyError::BadRequest)?;
+                c.buf.consume(used);
+                if !out.is_empty() {
+                    conn.stream.write_all(&out).await.map_err(be)?;
+                }
+                if dec.is_done() {
+                    return Ok(());
+                }
+                let r = c.buf.read_from(&mut c.stream).await.map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::OutOfMemory {
+                        ProxyError::BadRequest("chunk size line too long")
+                    } else {
+                        ProxyError::client_io(e)
+                    }
+                })?;
+                if r == 0 {
+                    return Err(ProxyError::ClientIo(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+            }
+        }
+        (BodyFraming::UntilClose, _) => Err(ProxyError::BadRequest("request without framing")),
+    }
+}
+
+/// Answers `Expect: 100-continue` before reading a body that is not here yet.
+async fn maybe_continue(
+    _w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    state: &mut BodyState,
+) -> Result<(), ProxyError> {
+    if req.expect_continue && !state.continue_sent && c.buf.is_empty() {
+        state.continue_sent = true;
+        c.stream
+            .write_all(canned::CONTINUE)
+            .await
+            .map_err(ProxyError::ClientIo)?;
+    }
+    Ok(())
+}
+
+/// Reads until a response head parses. The error carries whether any byte
+/// of a response had arrived (which rules out a stale-connection retry).
+async fn read_response_head(
+    w: &Worker,
+    conn: &mut BackendConn,
+    client: ClientSide,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, (ProxyError, bool)> {
+    let max = w.config.max_header_bytes;
+    loop {
+        if !conn.buf.is_empty() {
+            match response::parse(conn.buf.filled(), max, client, out) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err((e, true)),
+            }
+        }
+        let got = !conn.buf.is_empty();
+        match conn.buf.read_from(&mut conn.stream).await {
+            Ok(0) => {
+                let e = if got {
+                    ProxyError::BadResponse("connection closed inside the response head")
+                } else {
+                    ProxyError::BackendClosed
+                };
+                return Err((e, got));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                return Err((ProxyError::BadResponse("response head too large"), true));
+            }
+            Err(e) => return Err((ProxyError::backend_io(e), got)),
+        }
+    }
+}
+
+/// Streams the response body to the client after the head in `resp_out`.
+async fn relay_body(
+    w: &Worker,
+    c: &mut Client,
+    conn: &mut BackendConn,
+    head: &ResponseHead,
+    resp_out: &mut Vec<u8>,
+) -> Result<(), ProxyError> {
+    let _ = w;
+    let ce = ProxyError::ClientIo;
+    match head.body {
+        BodyFraming::None => c.stream.write_all(resp_out).await.map_err(ce),
+        BodyFraming::Length(n) => {
+            let mut left = n;
+            let first = (conn.buf.len() as u64).min(left) as usize;
+            if first <= COALESCE {
+                resp_out.extend_from_slice(&conn.buf.filled()[..first]);
+                c.stream.write_all(resp_out).await.map_err(ce)?;
+            } else {
+                c.stream.write_all(resp_out).await.map_err(ce)?;
+                c.stream
+                    .write_all(&conn.buf.filled()[..first])
+                    .await
+                    .map_err(ce)?;
+            }
+            conn.buf.consume(first);
+            left -= first as u64;
+            while left > 0 {
+                let r = conn
+                    .buf
+                    .read_from(&mut conn.stream)
+                    .await
+                    .map_err(ProxyError::backend_io)?;
+                if r == 0 {
+                    return Err(ProxyError::BadResponse("backend closed mid-body"));
+                }
+                let take = (conn.buf.len() as u64).min(left) as usize;
+                c.stream
+                    .write_all(&conn.buf.filled()[..take])
+                    .await
+                    .map_err(ce)?;
+                conn.buf.consume(take);
+                left -= take as u64;
+            }
+            Ok(())
+        }
+        BodyFraming::Chunked => {
+            let mode = if head.dechunk {
+                Mode::Decode
+            } else {
+                Mode::Rechunk
+            };
+            let mut dec = ChunkedDecoder::new(mode);
+            let mut out = std::mem::take(resp_out);
+            let r = async {
+                loop {
+                    let used = dec
+                        .decode(conn.buf.filled(), &mut out)
+                        .map_err(ProxyError::BadResponse)?;
+                    conn.buf.consume(used);
+                    if dec.is_done()
+                        || !out.is_empty() && conn.buf.is_empty()
+                        || out.len() >= COALESCE
+                    {
+                        c.stream.write_all(&out).await.map_err(ce)?;
+                        out.clear();
+                    }
+                    if dec.is_done() {
+                        return Ok(());
+                    }
+                    if conn.buf.is_empty() || used == 0 {
+                        let r = conn.buf.read_from(&mut conn.stream).await.map_err(|e| {
+                            if e.kind() == std::io::ErrorKind::OutOfMemory {
+                                ProxyError::BadResponse("chunk size line too long")
+                            } else {
+                                ProxyError::backend_io(e)
+                            }
+                        })?;
+                        if r == 0 {
+                            return Err(ProxyError::BadResponse("backend closed mid-body"));
+                        }
+                    }
+                }
+            }
+            .await;
+            out.clear();
+            *resp_out = out;
+            r
+        }
+        BodyFraming::UntilClose => {
+            resp_out.extend_from_slice(conn.buf.filled());
+            conn.buf.clear();
+            c.stream.write_all(resp_out).await.map_err(ce)?;
+            loop {
+                let r = match conn.buf.read_from(&mut conn.stream).await {
+                    Ok(r) => r,
+                    Err(e) => return Err(ProxyError::backend_io(e)),
+                };
+                if r == 0 {
+                    return Ok(());
+                }
+                c.stream.write_all(conn.buf.filled()).await.map_err(ce)?;
+                conn.buf.clear();
+            }
+        }
+    }
+}
+
+/// After a 101: relays bytes both ways until either side closes. Returns
+/// false (the client connection is done once the tunnel ends).
+async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> bool {
+    resp_out.extend_from_slice(conn.buf.filled());
+    conn.buf.clear();
+    if c.stream.write_all(resp_out).await.is_err() {
+        return false;
+    }
+    if !c.buf.is_empty() {
+        if conn.stream.write_all(c.buf.filled()).await.is_err() {
+            return false;
+        }
+        c.buf.clear();
+    }
+    // Tunnels are long-lived and may idle: no per-read timeout on either side.
+    let _ = c.stream.set_read_timeout(None);
+    let _ = conn.stream.set_read_timeout(None);
+    let (mut cr, mut cw) = futures_lite::io::split(&mut c.stream);
+    let (mut br, mut bw) = futures_lite::io::split(&mut conn.stream);
+    let up = async {
+        let _ = futures_lite::io::copy(&mut cr, &mut bw).await;
+        let _ = bw.close().await;
+    };
+    let down = async {
+        let _ = futures_lite::io::copy(&mut br, &mut cw).await;
+        let _ = cw.close().await;
+    };
+    future::or(up, down).await;
+    false
+}

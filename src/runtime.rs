@@ -1,0 +1,269 @@
+//! Starting and stopping the process: listen sockets, channels, the pinned
+//! workers, the health executor, and signal-driven shutdown.
+//!
+//! ```text
+//!            SIGINT/SIGTERM -> signal thread -> shutdown flag
+//!                                                   |
+//!   +----------------+  Control (snapshot, shutdown) |   +----------------+
+//!   | health executor| ------------------------------+-> | worker 0 (cpu0)|
+//!   |  (unpinned)    | <-------- Report (failures) ----- | accept, proxy  |
+//!   +----------------+  one SPSC shared channel each way +----------------+
+//!            ^  |                                        | worker 1 (cpu1)|
+//!            |  +--------------------------------------> | ...            |
+//!            +------------------------------------------ +----------------+
+//! ```
+//!
+//! Each worker gets its own listen socket, bound here with SO_REUSEPORT to
+//! the same address (the first bind resolves port 0, the others reuse the
+//! real port), so the kernel spreads connections across workers.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{error, info, warn};
+
+use crate::backend::{Backend, BackendId};
+use crate::config::Config;
+use crate::health::checker::{self, HealthParts};
+use crate::worker::{self, WorkerParts};
+
+/// Why the runtime could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An executor thread could not be started.
+    #[error("cannot start executor {name}: {message}")]
+    Executor {
+        /// Executor name.
+        name: String,
+        /// The error.
+        message: String,
+    },
+    /// A worker stopped without being asked to.
+    #[error("worker {0} stopped unexpectedly")]
+    WorkerDied(usize),
+}
+
+/// Capacity of each health -> worker control channel.
+const CONTROL_CAPACITY: usize = 64;
+/// Capacity of each worker -> health report channel; reports beyond it are
+/// dropped (the backend is already being reported as failing).
+const REPORT_CAPACITY: usize = 1024;
+
+/// Creates a listening socket with SO_REUSEPORT and the configured backlog.
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s)
+}
+
+/// Blocks the signals the signal thread handles, in the calling thread and
+/// every thread it spawns afterwards.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("ekilibri-signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is a valid, initialised signal set.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc != 0 {
+                    continue;
+                }
+                match sig {
+                    libc::SIGHUP => {
+                        warn!(
+                            "SIGHUP received: configuration reload is not supported yet; ignoring"
+                        );
+                    }
+                    _ if shutdown.load(Ordering::Relaxed) => {
+                        warn!("second termination signal: exiting without waiting for the drain");
+                        std::process::exit(1);
+                    }
+                    _ => {
+                        info!(
+                            signal = sig,
+                            "shutting down: no new connections, draining in-flight requests"
+                        );
+                        shutdown.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+}
+
+/// Runs the balancer until a termination signal and the drain that follows.
+pub fn run(config: Config) -> Result<(), RuntimeError> {
+    let config = Arc::new(config);
+    let n = config.workers;
+
+    let first = bind_listener(config.listen, config.listen_backlog).map_err(|source| {
+        RuntimeError::Bind {
+            addr: config.listen,
+            source,
+        }
+    })?;
+    let local = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(config.listen);
+    let mut listeners: Vec<OwnedFd> = vec![first.into()];
+    for _ in 1..n {
+        let s =
+            bind_listener(local, config.listen_backlog).map_err(|source| RuntimeError::Bind {
+                addr: local,
+                source,
+            })?;
+        listeners.push(s.into());
+    }
+
+    let backends: Vec<Arc<Backend>> = config
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Arc::new(Backend::new(
+                BackendId(i as u32),
+                s.name.clone(),
+                s.addr,
+                s.weight,
+            ))
+        })
+        .collect();
+
+    let sigset = block_signals();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    spawn_signal_thread(sigset, shutdown.clone());
+
+    let mut to_workers = Vec::with_capacity(n);
+    let mut from_workers = Vec::with_capacity(n);
+    let mut worker_ends = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ctl_tx, ctl_rx) = shared_channel::new_bounded(CONTROL_CAPACITY);
+        let (rep_tx, rep_rx) = shared_channel::new_bounded(REPORT_CAPACITY);
+        to_workers.push(ctl_tx);
+        from_workers.push(rep_rx);
+        worker_ends.push((ctl_rx, rep_tx));
+    }
+
+    let health = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("ekilibri-health")
+        .spawn({
+            let parts = HealthParts {
+                config: config.clone(),
+                backends,
+                to_workers,
+                from_workers,
+                shutdown: shutdown.clone(),
+            };
+            move || checker::run(parts)
+        })
+        .map_err(|e| RuntimeError::Executor {
+            name: "ekilibri-health".into(),
+            message: e.to_string(),
+        })?;
+
+    let cpus: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![0]);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::with_capacity(n);
+    for (id, ((control, reports), listener)) in worker_ends.into_iter().zip(listeners).enumerate() {
+        let name = format!("ekilibri-w{id}");
+        let cpu = cpus[id % cpus.len()];
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&name);
+        if let Some(spin) = config.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let parts = WorkerParts {
+            id,
+            config: config.clone(),
+            listener,
+            control,
+            reports,
+            ready: ready_tx.clone(),
+        };
+        let h = builder
+            .spawn(move || worker::run(parts))
+            .map_err(|e| RuntimeError::Executor {
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    while ready < n {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(_) => ready += 1,
+            Err(_) => break,
+        }
+    }
+    if ready == n {
+        info!(
+            "ekilibri listening on {local} with {n} workers, strategy {:?}, backends [{}]",
+            config.strategy,
+            config
+                .servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let mut result = Ok(());
+    for (id, h) in handles.into_iter().enumerate() {
+        if h.join().is_err() {
+            error!(worker = id, "worker panicked");
+            result = Err(RuntimeError::WorkerDied(id));
+            shutdown.store(true, Ordering::Relaxed);
+        }
+    }
+    if !shutdown.load(Ordering::Relaxed) && result.is_ok() {
+        result = Err(RuntimeError::WorkerDied(0));
+        shutdown.store(true, Ordering::Relaxed);
+    }
+    let _ = health.join();
+    if result.is_ok() {
+        info!("shutdown complete");
+    }
+    result
+}

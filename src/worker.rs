@@ -1,0 +1,267 @@
+//! One request worker: a pinned executor's accept loop and its core-local
+//! state.
+//!
+//! Everything in [`Worker`] belongs to one core (`Rc`, `Cell`, `RefCell`): the
+//! current health snapshot, the balancer, the keep-alive pool, counters, and
+//! the registry of idle client connections used to drain at shutdown. The
+//! only cross-core traffic is the two channels to the health executor
+//! (snapshots in, passive failure reports out).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+use glommio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::backend::BackendId;
+use crate::backend::pool::Pool;
+use crate::balancer::{self, Balancer};
+use crate::config::Config;
+use crate::health::{Control, FailureKind, Report, Snapshot};
+
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often a draining worker checks whether its connections are done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Per-worker counters (core-local, summed by the admin side later).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests proxied (any outcome).
+    pub requests: Cell<u64>,
+    /// Client connections accepted.
+    pub accepted: Cell<u64>,
+}
+
+/// The core-local state of one worker.
+pub struct Worker {
+    /// Worker index (0-based).
+    pub id: usize,
+    /// The configuration.
+    pub config: Arc<Config>,
+    snapshot: RefCell<Rc<Arc<Snapshot>>>,
+    balancer: RefCell<Box<dyn Balancer>>,
+    /// Idle keep-alive connections to the backends.
+    pub pool: RefCell<Pool>,
+    reports: ConnectedSender<Report>,
+    draining: Cell<bool>,
+    active: Cell<usize>,
+    idle: RefCell<HashMap<u64, RawFd>>,
+    next_conn: Cell<u64>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Worker {
+    /// The snapshot to route this request by (a core-local `Rc` clone: no
+    /// atomic on the shared `Arc` per request).
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Picks a backend index in `snapshot`.
+    pub fn pick(
+        &self,
+        snapshot: &Snapshot,
+        client: IpAddr,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
+        self.balancer.borrow_mut().pick(snapshot, client, exclude)
+    }
+
+    /// Reports a passive failure to the health executor without waiting; a
+    /// full channel drops the report (the health side is already busy with
+    /// this backend's failures).
+    pub fn report(&self, backend: BackendId, kind: FailureKind) {
+        let _ = self.reports.try_send(Report { backend, kind });
+    }
+
+    /// True once shutdown started: finish the current request, then close.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    fn apply(&self, snap: Arc<Snapshot>) {
+        let current = self.snapshot.borrow().version;
+        if snap.version <= current && current != 0 {
+            return;
+        }
+        {
+            let mut pool = self.pool.borrow_mut();
+            for b in snap.backends.iter().filter(|b| !b.up) {
+                pool.clear(b.backend.id);
+            }
+        }
+        self.balancer.borrow_mut().update(&snap);
+        debug!(
+            worker = self.id,
+            version = snap.version,
+            up = snap.up_count(),
+            "new health snapshot"
+        );
+        *self.snapshot.borrow_mut() = Rc::new(snap);
+    }
+
+    /// Registers a client connection; the guard unregisters it.
+    pub fn connection_started(self: &Rc<Self>) -> ConnGuard {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        self.active.set(self.active.get() + 1);
+        self.stats.accepted.set(self.stats.accepted.get() + 1);
+        ConnGuard {
+            worker: self.clone(),
+            id,
+        }
+    }
+
+    /// Marks a connection idle (waiting for its next request) so a drain can
+    /// close it, or busy again.
+    pub fn set_idle(&self, id: u64, fd: Option<RawFd>) {
+        let mut idle = self.idle.borrow_mut();
+        match fd {
+            Some(fd) => {
+                idle.insert(id, fd);
+            }
+            None => {
+                idle.remove(&id);
+            }
+        }
+    }
+
+    /// Wakes every idle connection so it sees the drain and closes: shutting
+    /// down the read side makes its pending read return end-of-stream.
+    fn close_idle(&self) {
+        for (_, &fd) in self.idle.borrow().iter() {
+            // SAFETY: `fd` belongs to a live connection (entries are removed
+            // before the socket is dropped); shutdown(2) does not close it.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
+        }
+    }
+}
+
+/// Keeps a worker's count of open client connections.
+pub struct ConnGuard {
+    worker: Rc<Worker>,
+    /// Connection id for [`Worker::set_idle`].
+    pub id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.worker.set_idle(self.id, None);
+        self.worker.active.set(self.worker.active.get() - 1);
+    }
+}
+
+/// What a worker thread is started with.
+pub struct WorkerParts {
+    /// Worker index.
+    pub id: usize,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// This worker's listen socket, bound with SO_REUSEPORT by the runtime.
+    pub listener: OwnedFd,
+    /// Snapshots and shutdown from the health executor.
+    pub control: SharedReceiver<Control>,
+    /// Passive failure reports to the health executor.
+    pub reports: SharedSender<Report>,
+    /// Told once this worker has its first snapshot and accepts.
+    pub ready: std::sync::mpsc::Sender<usize>,
+}
+
+/// Runs one worker until shutdown and drain complete.
+pub async fn run(parts: WorkerParts) {
+    let WorkerParts {
+        id,
+        config,
+        listener,
+        control,
+        reports,
+        ready,
+    } = parts;
+    let control = control.connect().await;
+    let reports = reports.connect().await;
+    let first = match control.recv().await {
+        Some(Control::Snapshot(s)) => s,
+        _ => return,
+    };
+    let mut bal = balancer::new(config.strategy, 0x5eed ^ (id as u64 + 1) * 0x9E37_79B9);
+    bal.update(&first);
+    let pool = Pool::new(config.pool_size, Some(config.keepalive_timeout));
+    let w = Rc::new(Worker {
+        id,
+        config: config.clone(),
+        snapshot: RefCell::new(Rc::new(first)),
+        balancer: RefCell::new(bal),
+        pool: RefCell::new(pool),
+        reports,
+        draining: Cell::new(false),
+        active: Cell::new(0),
+        idle: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        stats: Stats::default(),
+    });
+    // SAFETY: the runtime created this fd as a bound, listening TCP socket
+    // and handed its sole ownership to this worker.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let accept = glommio::spawn_local(accept_loop(w.clone(), listener));
+    let _ = ready.send(id);
+
+    while let Some(msg) = control.recv().await {
+        match msg {
+            Control::Snapshot(s) => w.apply(s),
+            Control::Shutdown => break,
+        }
+    }
+
+    // Drain: stop accepting (dropping the listener closes it), close idle
+    // connections, let in-flight requests finish within shutdown_timeout.
+    accept.cancel().await;
+    w.draining.set(true);
+    let deadline = Instant::now() + config.shutdown_timeout;
+    while w.active.get() > 0 && Instant::now() < deadline {
+        w.close_idle();
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    if w.active.get() > 0 {
+        warn!(
+            worker = id,
+            open = w.active.get(),
+            "drain timed out; closing remaining connections"
+        );
+    } else {
+        info!(
+            worker = id,
+            requests = w.stats.requests.get(),
+            "worker drained"
+        );
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let w = w.clone();
+                glommio::spawn_local(crate::connection::serve(w, stream)).detach();
+            }
+            Err(e) => {
+                let e = std::io::Error::from(e);
+                if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    warn!(worker = w.id, "accept failed: {e}; backing off");
+                    last_warn = Some(Instant::now());
+                }
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
