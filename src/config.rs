@@ -318,13 +318,13 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         .unwrap_or(1);
     let workers = match f.workers {
         None => cpus,
-        Some(n) if n >= 1 && n <= 1024 => n as usize,
+        Some(n) if (1..=1024).contains(&n) => n as usize,
         Some(n) => return Err(invalid("workers", format!("{n} is out of range 1..=1024"))),
     };
 
     let pool_size = match f.pool_size {
         None => DEFAULT_POOL_SIZE,
-        Some(n) if n >= 1 && n <= 1_000_000 => n as usize,
+        Some(n) if (1..=1_000_000).contains(&n) => n as usize,
         Some(n) => {
             return Err(invalid(
                 "pool_size",

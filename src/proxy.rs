@@ -227,10 +227,11 @@ async fn attempt(
         match read_response_head(w, &mut conn, client_side, resp_out).await {
             Ok(h) if h.interim => {
                 conn.buf.consume(h.head_len);
-                if h.status != 100 && req.minor_version == 1 {
-                    if c.stream.write_all(resp_out).await.is_err() {
-                        return Attempt::Done(false);
-                    }
+                if h.status != 100
+                    && req.minor_version == 1
+                    && c.stream.write_all(resp_out).await.is_err()
+                {
+                    return Attempt::Done(false);
                 }
             }
             Ok(h) => break h,

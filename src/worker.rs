@@ -45,6 +45,9 @@ pub struct Worker {
     pub id: usize,
     /// The configuration.
     pub config: Arc<Config>,
+    /// `Rc` around the `Arc` on purpose: cloning it per request touches
+    /// only core-local memory, never the shared `Arc` count.
+    #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     balancer: RefCell<Box<dyn Balancer>>,
     /// Idle keep-alive connections to the backends.
@@ -193,7 +196,7 @@ pub async fn run(parts: WorkerParts) {
         Some(Control::Snapshot(s)) => s,
         _ => return,
     };
-    let mut bal = balancer::new(config.strategy, 0x5eed ^ (id as u64 + 1) * 0x9E37_79B9);
+    let mut bal = balancer::new(config.strategy, 0x5eed ^ ((id as u64 + 1) * 0x9E37_79B9));
     bal.update(&first);
     let pool = Pool::new(config.pool_size, Some(config.keepalive_timeout));
     let w = Rc::new(Worker {

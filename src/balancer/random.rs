@@ -27,7 +27,7 @@ impl Rng {
 
     /// A number in `0..n` (n > 0), by multiply-shift (no modulo bias worth noting).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 

@@ -178,10 +178,10 @@ pub fn parse(
         let value = h.value;
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => host_count += 1,
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if super::trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
-                    expect_continue = true;
-                }
+            6 if name.eq_ignore_ascii_case(b"expect")
+                && super::trim_ows(value).eq_ignore_ascii_case(b"100-continue") =>
+            {
+                expect_continue = true;
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade_present = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
