@@ -51,6 +51,26 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RETRIES: u32 = 1;
 /// Accept backlog of each worker's listen socket (glommio hard-codes 1024).
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// Consecutive failed requests that open a backend's circuit breaker.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker refuses traffic before letting trials through.
+pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5000;
+/// Trial requests a half-open breaker lets through per worker (and the
+/// successes that close it).
+pub const DEFAULT_BREAKER_HALF_OPEN_REQUESTS: u32 = 1;
+/// First retry backoff; doubled per retry, with jitter.
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 10;
+/// Cap of the retry backoff.
+pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 250;
+/// Retries allowed as a share of requests (Finagle/linkerd-style budget), so
+/// a failing fleet sees at most ~20% extra load.
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+/// Requests that may wait for a backend slot under `max_connections`, per
+/// worker and backend.
+pub const DEFAULT_QUEUE_SIZE: usize = 128;
+/// Longest wait for a backend slot before a 503.
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 1000;
+
 /// Largest weight a server may have; bounds the weighted round-robin schedule.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -156,6 +176,30 @@ pub struct Config {
     /// glommio `spin_before_park`, off unless set (busy polling steals CPU
     /// from clients and backends on the same host).
     pub spin_before_park: Option<Duration>,
+    /// Consecutive failures that open a breaker (0: breakers off).
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses traffic.
+    pub breaker_open_duration: Duration,
+    /// Concurrent trial requests per worker while half-open; as many
+    /// successes close the breaker.
+    pub breaker_half_open_requests: u32,
+    /// Base of the exponential retry backoff.
+    pub retry_backoff: Duration,
+    /// Cap of the retry backoff.
+    pub retry_backoff_max: Duration,
+    /// Retries allowed as a fraction of requests.
+    pub retry_budget: f64,
+    /// Also retry non-idempotent requests whose body was sent.
+    pub retry_non_idempotent: bool,
+    /// Concurrent requests per backend across the process (0: unlimited);
+    /// each worker gets an equal share, rounded up.
+    pub max_connections: u32,
+    /// Requests waiting for a slot per worker and backend before 503.
+    pub queue_size: usize,
+    /// Longest wait for a slot before 503.
+    pub queue_timeout: Duration,
+    /// Client connections per worker; beyond it new ones get 503 and close.
+    pub max_client_connections: usize,
 }
 
 /// The file as written. Every key but `servers` is optional.
@@ -184,6 +228,17 @@ pub struct FileConfig {
     retries: Option<u32>,
     listen_backlog: Option<u32>,
     spin_before_park: Option<u64>,
+    breaker_threshold: Option<u32>,
+    breaker_open_duration: Option<u64>,
+    breaker_half_open_requests: Option<u32>,
+    retry_backoff: Option<u64>,
+    retry_backoff_max: Option<u64>,
+    retry_budget: Option<f64>,
+    retry_non_idempotent: Option<bool>,
+    max_connections: Option<u32>,
+    queue_size: Option<usize>,
+    queue_timeout: Option<u64>,
+    max_client_connections: Option<usize>,
 }
 
 /// A `servers` entry: `"host:port"` or `{ address = "host:port", weight = N }`.
@@ -426,6 +481,47 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         .filter(|&us| us > 0)
         .map(Duration::from_micros);
 
+    let breaker_open_duration = nonzero(
+        "breaker_open_duration",
+        f.breaker_open_duration,
+        DEFAULT_BREAKER_OPEN_MS,
+    )?;
+    let breaker_half_open_requests = f
+        .breaker_half_open_requests
+        .unwrap_or(DEFAULT_BREAKER_HALF_OPEN_REQUESTS);
+    if breaker_half_open_requests == 0 {
+        return Err(invalid(
+            "breaker_half_open_requests",
+            "must be at least 1".into(),
+        ));
+    }
+    let retry_backoff = ms(f.retry_backoff, DEFAULT_RETRY_BACKOFF_MS);
+    let retry_backoff_max = ms(f.retry_backoff_max, DEFAULT_RETRY_BACKOFF_MAX_MS);
+    if retry_backoff_max < retry_backoff {
+        return Err(invalid(
+            "retry_backoff_max",
+            "must not be smaller than retry_backoff".into(),
+        ));
+    }
+    let retry_budget = f.retry_budget.unwrap_or(DEFAULT_RETRY_BUDGET);
+    if !(0.0..=10.0).contains(&retry_budget) {
+        return Err(invalid(
+            "retry_budget",
+            format!("{retry_budget} is out of range 0.0..=10.0"),
+        ));
+    }
+    let queue_timeout = ms(f.queue_timeout, DEFAULT_QUEUE_TIMEOUT_MS);
+    let max_client_connections = match f.max_client_connections {
+        Some(0) => {
+            return Err(invalid(
+                "max_client_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        Some(n) => n,
+        None => default_client_connections(workers),
+    };
+
     Ok(Config {
         listen,
         workers,
@@ -449,7 +545,36 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         retries,
         listen_backlog,
         spin_before_park,
+        breaker_threshold: f.breaker_threshold.unwrap_or(DEFAULT_BREAKER_THRESHOLD),
+        breaker_open_duration,
+        breaker_half_open_requests,
+        retry_backoff,
+        retry_backoff_max,
+        retry_budget,
+        retry_non_idempotent: f.retry_non_idempotent.unwrap_or(false),
+        max_connections: f.max_connections.unwrap_or(0),
+        queue_size: f.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+        queue_timeout,
+        max_client_connections,
     })
+}
+
+/// Client connections per worker when not configured: what the open-file
+/// limit allows, counting one backend connection per client connection and
+/// keeping 256 descriptors spare.
+fn default_client_connections(workers: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let nofile = if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        lim.rlim_cur as usize
+    } else {
+        1 << 20
+    };
+    (nofile.saturating_sub(256) / (2 * workers.max(1))).max(64)
 }
 
 /// Resolves "host:port" to one socket address (the first the resolver gives).

@@ -83,6 +83,10 @@ pub enum ProxyError {
     /// No backend may take traffic right now.
     #[error("no healthy backend")]
     NoBackend,
+    /// Every candidate backend is at its connection limit (queue full or
+    /// wait timed out), or its half-open breaker has no trial slot left.
+    #[error("backend capacity exhausted")]
+    Overloaded,
     /// Connecting to the backend failed (refused, unreachable, ...).
     #[error("connect to backend failed: {0}")]
     Connect(io::Error),
@@ -107,7 +111,7 @@ impl ProxyError {
         match self {
             BadRequest(_) | UriTooLong | HeaderTooLarge | NotImplemented(_)
             | VersionNotSupported | ClientTimeout | ClientIo(_) => ErrorSource::Client,
-            NoBackend => ErrorSource::Internal,
+            NoBackend | Overloaded => ErrorSource::Internal,
             Connect(_) | BackendTimeout | BackendIo(_) | BackendClosed | BadResponse(_) => {
                 ErrorSource::Backend
             }
@@ -128,6 +132,7 @@ impl ProxyError {
             ClientIo(_) => None,
             NoBackend | Connect(_) | BackendIo(_) | BackendClosed | BadResponse(_) => Some(502),
             BackendTimeout => Some(504),
+            Overloaded => Some(503),
         }
     }
 

@@ -19,7 +19,8 @@
 //! - [`connection`]: one client connection's keep-alive loop and timeouts.
 //! - [`http`]: request and response head parsing and rewriting, chunked
 //!   decoding, canned responses. Pure functions, no I/O.
-//! - [`proxy`]: forward one request, relay one response, retry policy.
+//! - [`proxy`]: forward one request, relay one response, decide retries.
+//! - [`retry`]: the per-worker retry budget and the backoff delay.
 //! - [`backend`]: backend identity and the core-local connection pool.
 //! - [`balancer`]: one strategy per file behind the [`balancer::Balancer`] trait.
 //! - [`health`]: the snapshot type, and the health executor ([`health::checker`])
@@ -37,5 +38,6 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod proxy;
+pub mod retry;
 pub mod runtime;
 pub mod worker;

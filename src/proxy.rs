@@ -5,15 +5,20 @@
 //! (relaying interim 1xx), and streams the response body back, re-chunking or
 //! de-chunking as the client needs. Bodies are never buffered whole.
 //!
-//! Retry policy (before any response byte reached the client):
-//! - connect failed (refused, timeout): the request never left; try another
-//!   backend, up to `retries` times, whatever the method;
+//! Retry policy (never once a response byte reached the client):
+//! - connect failed (refused, timeout): the request never left; retry on
+//!   another backend whatever the method;
+//! - a backend failed before any response byte (closed, reset, read
+//!   timeout): retry on another backend if the method is idempotent (or
+//!   `retry_non_idempotent` is set) and the body is still in our buffer;
 //! - a *reused* keep-alive connection failed before any response byte: the
 //!   backend probably closed it while idle; retry once on a fresh connection
-//!   if the method is idempotent and the body is still in our buffer.
+//!   (idempotent, replayable requests), without spending the budget.
 //!
-//! Everything else is answered with 502 (bad or missing response) or 504
-//! (timeout), and reported to the health executor as a passive failure.
+//! Retries are bounded by `retries`, spaced by capped exponential backoff
+//! with jitter, and paid from the worker's retry budget. Whatever is not
+//! retried is answered with 502 (bad or missing response), 503 (capacity) or
+//! 504 (timeout), and backend failures are reported to the health executor.
 
 use futures_lite::{AsyncWriteExt, future};
 use glommio::net::TcpStream;
@@ -23,11 +28,13 @@ use crate::backend::Backend;
 use crate::backend::pool::BackendConn;
 use crate::connection::Client;
 use crate::error::{ErrorSource, ProxyError};
+use crate::health::BackendView;
 use crate::health::checker::failure_kind;
 use crate::http::chunked::{ChunkedDecoder, Mode};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{self, ClientSide, ResponseHead};
 use crate::http::{BodyFraming, canned};
+use crate::retry::backoff;
 use crate::worker::Worker;
 
 /// Bodies up to this size are sent in the same write as their head.
@@ -37,11 +44,12 @@ const COALESCE: usize = 16 * 1024;
 enum Attempt {
     /// The response was relayed (or the client went away); keep-alive flag.
     Done(bool),
-    /// Try again: `fresh` forces a new connection to the same backend,
-    /// otherwise another backend is preferred.
-    Retry { fresh: bool },
-    /// Answer the client with this error.
-    Fail(ProxyError),
+    /// A reused keep-alive connection failed before any response byte: the
+    /// backend probably closed it while idle. Try once more on a fresh one.
+    Stale,
+    /// Failed; `retry_safe` when the request provably did not take effect
+    /// or may safely be sent again.
+    Fail(ProxyError, bool),
 }
 
 /// Proxies one request whose head is parsed (`head_out` holds the forwarded
@@ -60,11 +68,14 @@ pub async fn handle(
         _ => None,
     };
     c.buf.consume(req.head_len);
+    w.budget.borrow_mut().on_request();
     let snap = w.snapshot();
-    let mut attempts_left = w.config.retries + 1;
+    let cfg = &w.config;
+    let mut retries_done = 0u32;
     let mut exclude: Option<usize> = None;
     let mut fresh = false;
     let mut stale_retry_used = false;
+    let mut skipped = 0usize;
     let mut state = BodyState {
         consumed: false,
         continue_sent: false,
@@ -74,65 +85,100 @@ pub async fn handle(
         let Some(idx) = w.pick(&snap, c.peer.ip(), exclude) else {
             break Err(ProxyError::NoBackend);
         };
-        let backend = &snap.backends[idx].backend;
-        let _inflight = w
-            .config
+        let view = &snap.backends[idx];
+        let backend = &view.backend;
+        // A half-open breaker lets a bounded number of trials through.
+        let Some(_trial) = w.try_trial(view) else {
+            skipped += 1;
+            if skipped >= snap.backends.len() {
+                break Err(ProxyError::Overloaded);
+            }
+            exclude = Some(idx);
+            continue;
+        };
+        let _slot = match w.acquire_slot(backend.id).await {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(backend = %backend.name, "no connection slot: {e:?}");
+                break Err(ProxyError::Overloaded);
+            }
+        };
+        let _inflight = cfg
             .strategy
             .needs_inflight()
             .then(|| backend.start_request());
-        let conn = if fresh {
+        let pooled = if fresh {
             None
         } else {
             w.pool.borrow_mut().take(backend.id)
         };
-        let conn = match conn {
-            Some(conn) => conn,
+        let outcome = match pooled {
+            Some(conn) => {
+                attempt(
+                    w,
+                    c,
+                    req,
+                    head_out,
+                    resp_out,
+                    conn,
+                    view,
+                    body_in_buf,
+                    &mut state,
+                )
+                .await
+            }
             None => match connect(w, backend).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    debug!(backend = %backend.name, "connect failed: {e}");
-                    if let Some(kind) = failure_kind(&e) {
-                        w.report(backend.id, kind);
-                    }
-                    attempts_left -= 1;
-                    if attempts_left > 0 && snap.up_count() > 1 {
-                        exclude = Some(idx);
-                        fresh = false;
-                        continue;
-                    }
-                    break Err(e);
+                Ok(conn) => {
+                    attempt(
+                        w,
+                        c,
+                        req,
+                        head_out,
+                        resp_out,
+                        conn,
+                        view,
+                        body_in_buf,
+                        &mut state,
+                    )
+                    .await
                 }
+                // The request never left: always safe to send elsewhere.
+                Err(e) => Attempt::Fail(e, true),
             },
         };
-        match attempt(
-            w,
-            c,
-            req,
-            head_out,
-            resp_out,
-            conn,
-            backend,
-            body_in_buf,
-            &mut state,
-        )
-        .await
-        {
+        match outcome {
             Attempt::Done(keep) => break Ok(keep),
-            Attempt::Retry { fresh: f } => {
-                if f && !stale_retry_used {
-                    stale_retry_used = true;
-                    fresh = true;
-                    continue;
-                }
-                break Err(ProxyError::BackendClosed);
+            Attempt::Stale if !stale_retry_used => {
+                stale_retry_used = true;
+                fresh = true;
             }
-            Attempt::Fail(e) => {
+            Attempt::Stale => break Err(ProxyError::BackendClosed),
+            Attempt::Fail(e, retry_safe) => {
                 if e.source_side() == ErrorSource::Backend
                     && let Some(kind) = failure_kind(&e)
                 {
-                    w.report(backend.id, kind);
+                    w.report_failure(backend.id, kind);
                 }
-                break Err(e);
+                let can_retry = retry_safe
+                    && retries_done < cfg.retries
+                    && e.source_side() == ErrorSource::Backend
+                    && w.budget.borrow_mut().try_spend(std::time::Instant::now());
+                if !can_retry {
+                    break Err(e);
+                }
+                debug!(backend = %backend.name, "retrying after: {e}");
+                let delay = backoff(
+                    retries_done,
+                    cfg.retry_backoff,
+                    cfg.retry_backoff_max,
+                    &mut w.rng.borrow_mut(),
+                );
+                retries_done += 1;
+                if !delay.is_zero() {
+                    glommio::timer::sleep(delay).await;
+                }
+                exclude = Some(idx);
+                fresh = false;
             }
         }
     };
@@ -201,19 +247,24 @@ async fn attempt(
     head_out: &mut Vec<u8>,
     resp_out: &mut Vec<u8>,
     mut conn: BackendConn,
-    backend: &Backend,
+    view: &BackendView,
     body_in_buf: Option<usize>,
     state: &mut BodyState,
 ) -> Attempt {
+    let backend = &view.backend;
     let replayable = body_in_buf.is_some() && !state.consumed;
-    let may_retry_stale = conn.reused && replayable && req.method.is_idempotent();
+    let idempotent = req.method.is_idempotent();
+    let may_retry_stale = conn.reused && replayable && idempotent;
+    // Safe to send again elsewhere: nothing of a response arrived, the body
+    // is still ours, and repeating the method is harmless (or allowed).
+    let retry_safe = replayable && (idempotent || w.config.retry_non_idempotent);
 
     // 1. Send the head and the body.
     if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
         if e.source_side() == ErrorSource::Backend && may_retry_stale {
-            return Attempt::Retry { fresh: true };
+            return Attempt::Stale;
         }
-        return Attempt::Fail(e);
+        return Attempt::Fail(e, retry_safe);
     }
 
     // 2. Read the response head, relaying interim responses.
@@ -237,9 +288,9 @@ async fn attempt(
             Ok(h) => break h,
             Err((e, got_bytes)) => {
                 if !got_bytes && may_retry_stale && e.source_side() == ErrorSource::Backend {
-                    return Attempt::Retry { fresh: true };
+                    return Attempt::Stale;
                 }
-                return Attempt::Fail(e);
+                return Attempt::Fail(e, retry_safe && !got_bytes);
             }
         }
     };
@@ -258,6 +309,9 @@ async fn attempt(
     }
     match relay_body(w, c, &mut conn, &head, resp_out).await {
         Ok(()) => {
+            if head.status < 500 {
+                w.report_success(view);
+            }
             if head.backend_keep_alive && conn.buf.is_empty() {
                 w.pool.borrow_mut().put(backend.id, conn);
             }
@@ -268,7 +322,7 @@ async fn attempt(
             if e.source_side() == ErrorSource::Backend
                 && let Some(kind) = failure_kind(&e)
             {
-                w.report(backend.id, kind);
+                w.report_failure(backend.id, kind);
             }
             // The head is out: the only honest signal left is closing.
             Attempt::Done(false)

@@ -15,15 +15,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_lite::AsyncWriteExt;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
+use glommio::sync::{Semaphore, StaticPermit};
 use tracing::{debug, info, warn};
 
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
-use crate::balancer::{self, Balancer};
+use crate::balancer::{self, Balancer, Rng};
 use crate::config::Config;
-use crate::health::{Control, FailureKind, Report, Snapshot};
+use crate::health::{BackendView, BreakerState, Control, FailureKind, Outcome, Report, Snapshot};
+use crate::retry::RetryBudget;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -59,6 +62,48 @@ pub struct Worker {
     next_conn: Cell<u64>,
     /// Counters.
     pub stats: Stats,
+    /// Backends this worker saw fail and has not seen succeed since (by id):
+    /// only those get a success report, which resets their breaker count.
+    recently_failed: RefCell<Vec<bool>>,
+    /// Half-open trial requests in flight, by backend id.
+    trials: RefCell<Vec<u32>>,
+    /// `max_connections` share per backend (by id), created on first use.
+    slots: RefCell<Vec<Option<Rc<Semaphore>>>>,
+    /// Requests waiting for a slot, by backend id.
+    waiting: RefCell<Vec<usize>>,
+    /// Retry budget of this worker.
+    pub budget: RefCell<RetryBudget>,
+    /// Randomness for retry jitter.
+    pub rng: RefCell<Rng>,
+}
+
+/// Why a request could not get a backend slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotError {
+    /// The wait queue is full.
+    QueueFull,
+    /// The wait timed out.
+    Timeout,
+}
+
+/// Holds a half-open trial slot; released on drop.
+pub struct TrialGuard<'a> {
+    worker: &'a Worker,
+    idx: usize,
+}
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = self.worker.trials.borrow_mut();
+        t[self.idx] = t[self.idx].saturating_sub(1);
+    }
+}
+
+fn slot_mut<T: Default + Clone>(v: &mut Vec<T>, i: usize) -> &mut T {
+    if v.len() <= i {
+        v.resize(i + 1, T::default());
+    }
+    &mut v[i]
 }
 
 impl Worker {
@@ -81,8 +126,90 @@ impl Worker {
     /// Reports a passive failure to the health executor without waiting; a
     /// full channel drops the report (the health side is already busy with
     /// this backend's failures).
-    pub fn report(&self, backend: BackendId, kind: FailureKind) {
-        let _ = self.reports.try_send(Report { backend, kind });
+    pub fn report_failure(&self, backend: BackendId, kind: FailureKind) {
+        *slot_mut(&mut self.recently_failed.borrow_mut(), backend.0 as usize) = true;
+        let _ = self.reports.try_send(Report {
+            backend,
+            outcome: Outcome::Failure(kind),
+        });
+    }
+
+    /// Reports a success when it matters to the breaker: after a failure
+    /// this worker saw, or while the breaker is half-open. Otherwise free.
+    pub fn report_success(&self, view: &BackendView) {
+        let id = view.backend.id.0 as usize;
+        let mut failed = self.recently_failed.borrow_mut();
+        let was_failed = failed.get(id).copied().unwrap_or(false);
+        if was_failed || view.breaker == BreakerState::HalfOpen {
+            if was_failed {
+                failed[id] = false;
+            }
+            let _ = self.reports.try_send(Report {
+                backend: view.backend.id,
+                outcome: Outcome::Success,
+            });
+        }
+    }
+
+    /// Takes a half-open trial slot for `view`, if the breaker allows one
+    /// more on this worker. Closed breakers need no slot (`Some(None)`).
+    pub fn try_trial(&self, view: &BackendView) -> Option<Option<TrialGuard<'_>>> {
+        if view.breaker != BreakerState::HalfOpen {
+            return Some(None);
+        }
+        let idx = view.backend.id.0 as usize;
+        let mut t = self.trials.borrow_mut();
+        let n = slot_mut(&mut t, idx);
+        if *n >= self.config.breaker_half_open_requests {
+            return None;
+        }
+        *n += 1;
+        Some(Some(TrialGuard { worker: self, idx }))
+    }
+
+    /// Waits for a `max_connections` slot on backend `id` (this worker's
+    /// share), in a bounded queue with a timeout. `Ok(None)` when unlimited.
+    pub async fn acquire_slot(&self, id: BackendId) -> Result<Option<StaticPermit>, SlotError> {
+        if self.config.max_connections == 0 {
+            return Ok(None);
+        }
+        let i = id.0 as usize;
+        let sem = {
+            let mut slots = self.slots.borrow_mut();
+            slot_mut(&mut slots, i)
+                .get_or_insert_with(|| {
+                    let share = self
+                        .config
+                        .max_connections
+                        .div_ceil(self.config.workers as u32);
+                    Rc::new(Semaphore::new(u64::from(share.max(1))))
+                })
+                .clone()
+        };
+        if let Ok(p) = sem.try_acquire_static_permit(1) {
+            return Ok(Some(p));
+        }
+        {
+            let mut waiting = self.waiting.borrow_mut();
+            let n = slot_mut(&mut waiting, i);
+            if *n >= self.config.queue_size {
+                return Err(SlotError::QueueFull);
+            }
+            *n += 1;
+        }
+        let timeout = self.config.queue_timeout;
+        let r =
+            futures_lite::future::or(async { sem.acquire_static_permit(1).await.ok() }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+        {
+            let mut waiting = self.waiting.borrow_mut();
+            let n = slot_mut(&mut waiting, i);
+            *n = n.saturating_sub(1);
+        }
+        r.map(Some).ok_or(SlotError::Timeout)
     }
 
     /// True once shutdown started: finish the current request, then close.
@@ -211,6 +338,12 @@ pub async fn run(parts: WorkerParts) {
         idle: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         stats: Stats::default(),
+        recently_failed: RefCell::new(Vec::new()),
+        trials: RefCell::new(Vec::new()),
+        slots: RefCell::new(Vec::new()),
+        waiting: RefCell::new(Vec::new()),
+        budget: RefCell::new(RetryBudget::new(config.retry_budget)),
+        rng: RefCell::new(Rng::new(0xb0ff ^ id as u64)),
     });
     // SAFETY: the runtime created this fd as a bound, listening TCP socket
     // and handed its sole ownership to this worker.
@@ -254,6 +387,27 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if w.active.get() >= w.config.max_client_connections {
+                    // Over the limit: answer 503 and close, off the accept path.
+                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        warn!(
+                            worker = w.id,
+                            limit = w.config.max_client_connections,
+                            "max_client_connections reached; refusing new connections with 503"
+                        );
+                        last_warn = Some(Instant::now());
+                    }
+                    glommio::spawn_local(async move {
+                        let mut stream = stream;
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        let _ = stream
+                            .write_all(&crate::http::canned::error_response(503, true))
+                            .await;
+                        let _ = stream.close().await;
+                    })
+                    .detach();
+                    continue;
+                }
                 let w = w.clone();
                 glommio::spawn_local(crate::connection::serve(w, stream)).detach();
             }

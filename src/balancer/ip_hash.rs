@@ -55,7 +55,7 @@ impl Balancer for IpHash {
             }
         }
         self.ring.sort_unstable();
-        self.up = snapshot.backends.iter().map(|b| b.up).collect();
+        self.up = snapshot.backends.iter().map(|b| b.routable()).collect();
         self.distinct_up = self.up.iter().filter(|&&u| u).count();
     }
 

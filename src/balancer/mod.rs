@@ -58,7 +58,7 @@ pub(crate) fn up_indices(snapshot: &Snapshot) -> Vec<usize> {
         .backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.up)
+        .filter(|(_, b)| b.routable())
         .map(|(i, _)| i)
         .collect()
 }
@@ -85,6 +85,7 @@ pub(crate) mod test_util {
                         w,
                     )),
                     up: up[i],
+                    breaker: crate::health::BreakerState::Closed,
                 })
                 .collect(),
         }

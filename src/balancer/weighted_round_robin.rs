@@ -24,7 +24,7 @@ impl Balancer for WeightedRoundRobin {
             .backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.up)
+            .filter(|(_, b)| b.routable())
             .map(|(i, b)| (i, i64::from(b.backend.weight.max(1))))
             .collect();
         let total: i64 = up.iter().map(|(_, w)| w).sum();

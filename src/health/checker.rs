@@ -23,11 +23,13 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedS
 use glommio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::{BackendView, Control, FailureKind, Report, Snapshot};
+use super::breaker::{Breaker, BreakerState};
+use super::{BackendView, Control, FailureKind, Outcome, Report, Snapshot};
 use crate::backend::Backend;
 use crate::config::Config;
 
-/// How often the executor looks at the process-wide shutdown flag.
+/// How often the executor looks at the process-wide shutdown flag and at
+/// open circuit breakers whose open duration has passed.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
@@ -37,6 +39,7 @@ struct Entry {
     ok_streak: u32,
     fail_streak: u32,
     passive: VecDeque<Instant>,
+    breaker: Breaker,
 }
 
 /// Health state of every backend, owned by the health executor.
@@ -63,6 +66,11 @@ impl HealthBook {
                     ok_streak: 0,
                     fail_streak: 0,
                     passive: VecDeque::new(),
+                    breaker: Breaker::new(
+                        config.breaker_threshold,
+                        config.breaker_open_duration,
+                        config.breaker_half_open_requests,
+                    ),
                 })
                 .collect(),
             version: 0,
@@ -132,9 +140,58 @@ impl HealthBook {
                 .map(|e| BackendView {
                     backend: e.backend.clone(),
                     up: e.up,
+                    breaker: e.breaker.state(),
                 })
                 .collect(),
         })
+    }
+
+    /// Applies a worker's report; returns true when the snapshot changed.
+    pub fn observe_report(&mut self, i: usize, outcome: Outcome, now: Instant) -> bool {
+        let name = self.entries[i].backend.name.clone();
+        match outcome {
+            Outcome::Failure(kind) => {
+                let before = self.entries[i].breaker.state();
+                let breaker = self.entries[i].breaker.on_failure(now);
+                if breaker {
+                    warn!(backend = %name, "circuit breaker {:?} -> Open after {kind:?}", before);
+                }
+                let passive = self.observe_failure(i, now);
+                if passive {
+                    warn!(
+                        backend = %name,
+                        "backend is down: {} failed requests within {:?} (last: {kind:?})",
+                        self.max_fails,
+                        self.fail_window
+                    );
+                }
+                breaker || passive
+            }
+            Outcome::Success => {
+                let changed = self.entries[i].breaker.on_success();
+                if changed {
+                    info!(backend = %name, "circuit breaker HalfOpen -> Closed");
+                }
+                changed
+            }
+        }
+    }
+
+    /// Moves open breakers whose time is up to half-open; true on a change.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for e in &mut self.entries {
+            if e.breaker.tick(now) {
+                info!(backend = %e.backend.name, "circuit breaker Open -> HalfOpen: letting trial requests through");
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The breaker state of backend `i`.
+    pub fn breaker_state(&self, i: usize) -> BreakerState {
+        self.entries[i].breaker.state()
     }
 
     fn index_of(&self, report: &Report) -> Option<usize> {
@@ -231,20 +288,14 @@ pub async fn run(parts: HealthParts) {
         let health = health.clone();
         tasks.push(glommio::spawn_local(async move {
             while let Some(report) = rx.recv().await {
-                let flipped = {
+                let changed = {
                     let mut book = health.book.borrow_mut();
                     match book.index_of(&report) {
-                        Some(i) => book.observe_failure(i, Instant::now()),
+                        Some(i) => book.observe_report(i, report.outcome, Instant::now()),
                         None => false,
                     }
                 };
-                if flipped {
-                    warn!(
-                        backend = report.backend.0,
-                        "backend is down: {} failed requests within the fail window (last: {:?})",
-                        health.book.borrow().max_fails,
-                        report.kind
-                    );
+                if changed {
                     health.publish().await;
                 }
             }
@@ -253,6 +304,10 @@ pub async fn run(parts: HealthParts) {
 
     while !shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
+        let changed = health.book.borrow_mut().tick(Instant::now());
+        if changed {
+            health.publish().await;
+        }
     }
     for s in &health.senders {
         let _ = s.send(Control::Shutdown).await;

@@ -7,9 +7,12 @@
 //! the request path, only their latest local snapshot. Workers report
 //! passive failures back as [`Report`]s over their own channel.
 
+pub mod breaker;
 pub mod checker;
 
 use std::sync::Arc;
+
+pub use breaker::BreakerState;
 
 use crate::backend::{Backend, BackendId};
 
@@ -18,8 +21,18 @@ use crate::backend::{Backend, BackendId};
 pub struct BackendView {
     /// The backend (shared across snapshots so identity and counters persist).
     pub backend: Arc<Backend>,
-    /// May take traffic.
+    /// Passes health checks (and is not out for passive failures).
     pub up: bool,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+}
+
+impl BackendView {
+    /// May take traffic: healthy and the breaker is not open.
+    #[inline]
+    pub fn routable(&self) -> bool {
+        self.up && self.breaker != BreakerState::Open
+    }
 }
 
 /// An immutable view of which backends may take traffic.
@@ -34,7 +47,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Backends that may take traffic.
     pub fn up_count(&self) -> usize {
-        self.backends.iter().filter(|b| b.up).count()
+        self.backends.iter().filter(|b| b.routable()).count()
     }
 }
 
@@ -58,11 +71,21 @@ pub enum FailureKind {
     BadResponse,
 }
 
-/// Worker -> health executor: a passive failure.
+/// Result of a request, as reported to the health executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request failed in this way.
+    Failure(FailureKind),
+    /// The request succeeded (reported only after a failure, or while the
+    /// breaker is half-open).
+    Success,
+}
+
+/// Worker -> health executor: a passive observation.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
-    /// The backend that failed.
+    /// The backend concerned.
     pub backend: BackendId,
-    /// How it failed.
-    pub kind: FailureKind,
+    /// What happened.
+    pub outcome: Outcome,
 }
