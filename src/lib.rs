@@ -26,12 +26,14 @@
 //! - [`health`]: the snapshot type, and the health executor ([`health::checker`])
 //!   with active checks, passive failure reports and thresholds.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
+//! - [`channel`]: re-polling waits on glommio shared channels (control path).
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod balancer;
 pub mod buffer;
+pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
 use crate::balancer::{self, Balancer, Rng};
+use crate::channel::repoll;
 use crate::config::Config;
 use crate::health::{BackendView, BreakerState, Control, FailureKind, Outcome, Report, Snapshot};
 use crate::retry::RetryBudget;
@@ -317,9 +318,9 @@ pub async fn run(parts: WorkerParts) {
         reports,
         ready,
     } = parts;
-    let control = control.connect().await;
-    let reports = reports.connect().await;
-    let first = match control.recv().await {
+    let control = repoll(control.connect()).await;
+    let reports = repoll(reports.connect()).await;
+    let first = match repoll(control.recv()).await {
         Some(Control::Snapshot(s)) => s,
         _ => return,
     };
@@ -351,7 +352,7 @@ pub async fn run(parts: WorkerParts) {
     let accept = glommio::spawn_local(accept_loop(w.clone(), listener));
     let _ = ready.send(id);
 
-    while let Some(msg) = control.recv().await {
+    while let Some(msg) = repoll(control.recv()).await {
         match msg {
             Control::Snapshot(s) => w.apply(s),
             Control::Shutdown => break,

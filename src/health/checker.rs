@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use super::breaker::{Breaker, BreakerState};
 use super::{BackendView, Control, FailureKind, Outcome, Report, Snapshot};
 use crate::backend::Backend;
+use crate::channel::repoll;
 use crate::config::Config;
 
 /// How often the executor looks at the process-wide shutdown flag and at
@@ -225,7 +226,7 @@ impl Health {
         let snap = self.book.borrow_mut().snapshot();
         for s in &self.senders {
             // A worker that has exited has dropped its receiver; ignore it.
-            let _ = s.send(Control::Snapshot(snap.clone())).await;
+            let _ = repoll(s.send(Control::Snapshot(snap.clone()))).await;
         }
     }
 }
@@ -241,11 +242,11 @@ pub async fn run(parts: HealthParts) {
     } = parts;
     let mut senders = Vec::with_capacity(to_workers.len());
     for s in to_workers {
-        senders.push(s.connect().await);
+        senders.push(repoll(s.connect()).await);
     }
     let mut receivers = Vec::with_capacity(from_workers.len());
     for r in from_workers {
-        receivers.push(r.connect().await);
+        receivers.push(repoll(r.connect()).await);
     }
     let health = Rc::new(Health {
         book: RefCell::new(HealthBook::new(&config, backends.clone())),
@@ -287,7 +288,7 @@ pub async fn run(parts: HealthParts) {
     for rx in receivers {
         let health = health.clone();
         tasks.push(glommio::spawn_local(async move {
-            while let Some(report) = rx.recv().await {
+            while let Some(report) = repoll(rx.recv()).await {
                 let changed = {
                     let mut book = health.book.borrow_mut();
                     match book.index_of(&report) {
@@ -310,7 +311,7 @@ pub async fn run(parts: HealthParts) {
         }
     }
     for s in &health.senders {
-        let _ = s.send(Control::Shutdown).await;
+        let _ = repoll(s.send(Control::Shutdown)).await;
     }
     for t in tasks {
         t.cancel().await;
