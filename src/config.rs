@@ -43,6 +43,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Time a client has to send a complete request head once it has started
 /// (nginx's `client_header_timeout` default is 60 s; we are stricter).
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Longest silence while reading a request body (nginx `client_body_timeout`: 60 s).
+pub const DEFAULT_CLIENT_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Longest a write to a client may block (nginx `send_timeout`: 60 s).
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 60_000;
 /// Time an idle keep-alive client connection is kept open (nginx: 75 s).
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
 /// Longest a graceful shutdown waits for in-flight requests.
@@ -167,6 +171,11 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// Idle time allowed between requests on a client connection.
     pub keepalive_timeout: Duration,
+    /// Longest silence while reading a request body (408 or close after).
+    pub client_body_timeout: Duration,
+    /// Longest a single write to a client may block before the connection
+    /// is dropped (slow readers).
+    pub send_timeout: Duration,
     /// Bound on graceful drain at shutdown.
     pub shutdown_timeout: Duration,
     /// Extra attempts for safely retryable failures.
@@ -220,6 +229,8 @@ pub struct FileConfig {
     max_header_bytes: Option<i64>,
     client_header_timeout: Option<u64>,
     keepalive_timeout: Option<u64>,
+    client_body_timeout: Option<u64>,
+    send_timeout: Option<u64>,
     health_check_interval: Option<u64>,
     health_check_timeout: Option<u64>,
     healthy_threshold: Option<u32>,
@@ -459,6 +470,12 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         DEFAULT_KEEPALIVE_TIMEOUT_MS,
     )?;
     let shutdown_timeout = ms(f.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT_MS);
+    let client_body_timeout = nonzero(
+        "client_body_timeout",
+        f.client_body_timeout,
+        DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+    )?;
+    let send_timeout = nonzero("send_timeout", f.send_timeout, DEFAULT_SEND_TIMEOUT_MS)?;
 
     let healthy_threshold = f.healthy_threshold.unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
     if healthy_threshold == 0 {
@@ -541,6 +558,8 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         max_header_bytes,
         client_header_timeout,
         keepalive_timeout,
+        client_body_timeout,
+        send_timeout,
         shutdown_timeout,
         retries,
         listen_backlog,

@@ -31,8 +31,6 @@ use crate::worker::Worker;
 
 /// Initial client read buffer; grows to `max_header_bytes` for large heads.
 pub const CLIENT_BUF: usize = 8 * 1024;
-/// Per-write timeout towards a client that does not read (nginx `send_timeout`).
-pub const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client side of one connection.
 pub struct Client {
@@ -50,7 +48,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         return;
     };
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(CLIENT_SEND_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(w.config.send_timeout));
     let guard = w.connection_started();
     let max = w.config.max_header_bytes;
     let mut client = Client {

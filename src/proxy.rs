@@ -362,7 +362,7 @@ async fn send_request(
             state.consumed = true;
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config.client_header_timeout));
+                .set_read_timeout(Some(w.config.client_body_timeout));
             let mut left = n;
             while left > 0 {
                 if c.buf.is_empty() {
@@ -393,7 +393,7 @@ async fn send_request(
             state.consumed = true;
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config.client_header_timeout));
+                .set_read_timeout(Some(w.config.client_body_timeout));
             let mut dec = ChunkedDecoder::new(Mode::Rechunk);
             let mut out = Vec::with_capacity(COALESCE);
             loop {
