@@ -17,6 +17,9 @@ use crate::error::ConfigError;
 
 /// Listen address when the file has no `listen` key: the original's fixed port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Admin listener (metrics, API) when the file has no `admin_listen` key:
+/// loopback only, so it is never exposed by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Passive check: failed requests tolerated within `fail_window` (original default).
 pub const DEFAULT_MAX_FAILS: u32 = 5;
 /// Passive check window in seconds (original default).
@@ -209,6 +212,12 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// Client connections per worker; beyond it new ones get 503 and close.
     pub max_client_connections: usize,
+    /// Admin listener address (metrics, API), `None` when disabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token every admin call must carry, when set.
+    pub admin_token: Option<String>,
+    /// Access log format.
+    pub access_log: crate::access_log::Format,
 }
 
 /// The file as written. Every key but `servers` is optional.
@@ -250,6 +259,9 @@ pub struct FileConfig {
     queue_size: Option<usize>,
     queue_timeout: Option<u64>,
     max_client_connections: Option<usize>,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    access_log: Option<String>,
 }
 
 /// A `servers` entry: `"host:port"` or `{ address = "host:port", weight = N }`.
@@ -539,6 +551,40 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         None => default_client_connections(workers),
     };
 
+    let admin_listen = match f.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+        "" => None,
+        s => Some(resolve(s).map_err(|m| invalid("admin_listen", format!("`{s}`: {m}")))?),
+    };
+    let admin_token = f.admin_token.filter(|t| !t.is_empty());
+    if let Some(t) = &admin_token
+        && (t.len() < 16 || t.bytes().any(|b| !b.is_ascii_graphic()))
+    {
+        return Err(invalid(
+            "admin_token",
+            "must be at least 16 printable characters without spaces".into(),
+        ));
+    }
+    if let Some(a) = admin_listen
+        && !a.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        return Err(invalid(
+            "admin_listen",
+            format!(
+                "{a} is not a loopback address: set `admin_token` so the admin API is not open to the network"
+            ),
+        ));
+    }
+    let access_log = match f.access_log.as_deref() {
+        None => crate::access_log::Format::Off,
+        Some(s) => crate::access_log::Format::parse(s).ok_or_else(|| {
+            invalid(
+                "access_log",
+                format!("unknown format `{s}` (expected off, combined or json)"),
+            )
+        })?,
+    };
+
     Ok(Config {
         listen,
         workers,
@@ -575,6 +621,9 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         queue_size: f.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
         queue_timeout,
         max_client_connections,
+        admin_listen,
+        admin_token,
+        access_log,
     })
 }
 
@@ -666,6 +715,21 @@ pool_size = 10
 
     fn err(text: &str) -> String {
         p(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn admin_needs_a_token_off_loopback() {
+        let e = err("servers = ['127.0.0.1:1']\nadmin_listen = '0.0.0.0:9090'");
+        assert!(
+            e.contains("`admin_listen`") && e.contains("admin_token"),
+            "{e}"
+        );
+        let c = p("servers = ['127.0.0.1:1']\nadmin_listen = '0.0.0.0:9090'\nadmin_token = '0123456789abcdef0123'").unwrap();
+        assert!(c.admin_token.is_some());
+        let c = p("servers = ['127.0.0.1:1']\nadmin_listen = ''").unwrap();
+        assert!(c.admin_listen.is_none());
+        let c = p("servers = ['127.0.0.1:1']").unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]

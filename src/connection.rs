@@ -22,11 +22,14 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tracing::debug;
 
+use crate::access_log;
 use crate::buffer::IoBuf;
 use crate::error::ProxyError;
+use crate::http::BodyFraming;
 use crate::http::canned;
+use crate::http::request::Method;
 use crate::http::request::{self, RequestHead};
-use crate::proxy;
+use crate::proxy::{self, Served};
 use crate::worker::Worker;
 
 /// Initial client read buffer; grows to `max_header_bytes` for large heads.
@@ -48,9 +51,9 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         return;
     };
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(w.config.send_timeout));
+    let _ = stream.set_write_timeout(Some(w.config().send_timeout));
     let guard = w.connection_started();
-    let max = w.config.max_header_bytes;
+    let max = w.config().max_header_bytes;
     let mut client = Client {
         stream,
         buf: IoBuf::new(CLIENT_BUF, max + CLIENT_BUF),
@@ -66,24 +69,100 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
             Err(e) => {
                 debug!(peer = %peer, "rejecting request: {e}");
                 if let Some(status) = e.status() {
-                    let _ = client
-                        .stream
-                        .write_all(&canned::error_response(status, true))
-                        .await;
+                    let resp = canned::error_response(status, true);
+                    let _ = client.stream.write_all(&resp).await;
+                    let served = Served {
+                        keep: false,
+                        status,
+                        backend: None,
+                        from_backend: false,
+                        response_bytes: resp.len() as u64,
+                        retries: 0,
+                    };
+                    record(
+                        &w,
+                        peer,
+                        None,
+                        &[],
+                        served,
+                        Instant::now(),
+                        client.buf.len() as u64,
+                    );
                 }
                 break;
             }
         };
         first = false;
         w.stats.requests.set(w.stats.requests.get() + 1);
-        let keep = proxy::handle(&w, &mut client, &req, &mut head_out, &mut resp_out).await;
-        if !keep || w.draining() {
+        let started = Instant::now();
+        let request_bytes = req.head_len as u64
+            + match req.body {
+                BodyFraming::Length(n) => n,
+                _ => 0,
+            };
+        let served = proxy::handle(&w, &mut client, &req, &mut head_out, &mut resp_out).await;
+        record(
+            &w,
+            peer,
+            Some(req.method),
+            &head_out,
+            served,
+            started,
+            request_bytes,
+        );
+        if !served.keep || w.draining() {
             break;
         }
         client.buf.shrink_if_idle();
     }
     drop(guard);
     let _ = client.stream.close().await;
+}
+
+/// Counts one request in the worker's metrics and access log. `head` is the
+/// forwarded head (its request line names the method and target).
+fn record(
+    w: &Worker,
+    peer: std::net::SocketAddr,
+    method: Option<Method>,
+    head: &[u8],
+    served: Served,
+    started: Instant,
+    request_bytes: u64,
+) {
+    let elapsed = started.elapsed();
+    w.metrics.record_request(
+        served.backend,
+        method.unwrap_or(Method::Other),
+        served.status,
+        elapsed,
+        request_bytes,
+        served.response_bytes,
+        served.from_backend,
+    );
+    if let Some(log) = &w.access {
+        let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+        let mut parts = line.splitn(3, |&b| b == b' ');
+        let m = parts.next().unwrap_or(b"-");
+        let path = parts.next().unwrap_or(b"-");
+        let snap = w.snapshot();
+        let upstream = served.backend.and_then(|id| {
+            snap.backends
+                .iter()
+                .find(|b| b.backend.id == id)
+                .map(|b| b.backend.name.as_str())
+        });
+        log.log(&access_log::Entry {
+            client: peer,
+            method: std::str::from_utf8(m).unwrap_or("-"),
+            path: std::str::from_utf8(path).unwrap_or("-"),
+            status: served.status,
+            bytes: served.response_bytes,
+            upstream,
+            duration: elapsed,
+            retries: served.retries,
+        });
+    }
 }
 
 /// Reads until a complete request head is in the buffer.
@@ -97,7 +176,7 @@ async fn read_head(
     conn_id: u64,
     first: bool,
 ) -> Result<Option<RequestHead>, ProxyError> {
-    let cfg = &w.config;
+    let cfg = w.config();
     let mut started: Option<Instant> = None;
     loop {
         if !c.buf.is_empty() {

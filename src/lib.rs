@@ -25,21 +25,31 @@
 //! - [`balancer`]: one strategy per file behind the [`balancer::Balancer`] trait.
 //! - [`health`]: the snapshot type, and the health executor ([`health::checker`])
 //!   with active checks, passive failure reports and thresholds.
+//! - [`admin`]: the admin listener (metrics, JSON API, reload), served by
+//!   the health executor.
+//! - [`metrics`]: core-local request counters, summed and rendered on scrape.
+//! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
 //! - [`channel`]: re-polling waits on glommio shared channels (control path).
+//! - [`envcheck`]: pre-start host checks (kernel, io_uring, rlimits, CPUs); [`sdnotify`]: systemd `READY=1`/`STOPPING=1`.
 
 #![warn(missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod buffer;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod envcheck;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod retry;
 pub mod runtime;
+pub mod sdnotify;
 pub mod worker;

@@ -47,6 +47,21 @@ fn main() -> ExitCode {
         }
         config.workers = n;
     }
+    // Host checks (kernel, io_uring, rlimits, CPUs): errors refuse to start.
+    let env = ekilibri::envcheck::check(&config);
+    for w in &env.warnings {
+        if args.check {
+            eprintln!("ekilibri: warning: {w}");
+        } else {
+            tracing::warn!("{w}");
+        }
+    }
+    for e in &env.errors {
+        eprintln!("ekilibri: error: {e}");
+    }
+    if !env.is_ok() {
+        return ExitCode::from(2);
+    }
     if args.check {
         println!(
             "ekilibri: {}: ok: {}",
@@ -55,7 +70,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match ekilibri::runtime::run(config) {
+    match ekilibri::runtime::run(config, &args.file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ekilibri: error: {e}");

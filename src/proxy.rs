@@ -24,8 +24,8 @@ use futures_lite::{AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use tracing::debug;
 
-use crate::backend::Backend;
 use crate::backend::pool::BackendConn;
+use crate::backend::{Backend, BackendId};
 use crate::connection::Client;
 use crate::error::{ErrorSource, ProxyError};
 use crate::health::BackendView;
@@ -40,10 +40,41 @@ use crate::worker::Worker;
 /// Bodies up to this size are sent in the same write as their head.
 const COALESCE: usize = 16 * 1024;
 
+/// What happened to one request, for the keep-alive decision, metrics and
+/// the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    /// The client connection may stay open.
+    pub keep: bool,
+    /// Status sent to the client (499: the client went away first).
+    pub status: u16,
+    /// The backend that answered or failed last, if one was tried.
+    pub backend: Option<BackendId>,
+    /// The response came from a backend (not an error of our own).
+    pub from_backend: bool,
+    /// Bytes sent to the client.
+    pub response_bytes: u64,
+    /// Retries made.
+    pub retries: u32,
+}
+
+impl Served {
+    fn gone(backend: Option<BackendId>) -> Self {
+        Served {
+            keep: false,
+            status: 499,
+            backend,
+            from_backend: false,
+            response_bytes: 0,
+            retries: 0,
+        }
+    }
+}
+
 /// Outcome of trying one backend.
 enum Attempt {
-    /// The response was relayed (or the client went away); keep-alive flag.
-    Done(bool),
+    /// The response was relayed (or the client went away).
+    Done(Served),
     /// A reused keep-alive connection failed before any response byte: the
     /// backend probably closed it while idle. Try once more on a fresh one.
     Stale,
@@ -60,7 +91,7 @@ pub async fn handle(
     req: &RequestHead,
     head_out: &mut Vec<u8>,
     resp_out: &mut Vec<u8>,
-) -> bool {
+) -> Served {
     // The body is replayable while it sits entirely in our buffer.
     let body_in_buf = match req.body {
         BodyFraming::None => Some(0),
@@ -70,12 +101,13 @@ pub async fn handle(
     c.buf.consume(req.head_len);
     w.budget.borrow_mut().on_request();
     let snap = w.snapshot();
-    let cfg = &w.config;
+    let cfg = w.config();
     let mut retries_done = 0u32;
     let mut exclude: Option<usize> = None;
     let mut fresh = false;
     let mut stale_retry_used = false;
     let mut skipped = 0usize;
+    let mut last_backend: Option<BackendId> = None;
     let mut state = BodyState {
         consumed: false,
         continue_sent: false,
@@ -87,6 +119,7 @@ pub async fn handle(
         };
         let view = &snap.backends[idx];
         let backend = &view.backend;
+        last_backend = Some(backend.id);
         // A half-open breaker lets a bounded number of trials through.
         let Some(_trial) = w.try_trial(view) else {
             skipped += 1;
@@ -107,6 +140,7 @@ pub async fn handle(
             .strategy
             .needs_inflight()
             .then(|| backend.start_request());
+        let _local = w.metrics.inflight(backend.id);
         let pooled = if fresh {
             None
         } else {
@@ -147,13 +181,19 @@ pub async fn handle(
             },
         };
         match outcome {
-            Attempt::Done(keep) => break Ok(keep),
+            Attempt::Done(served) => {
+                w.metrics.record_attempt(backend.id, served.from_backend);
+                break Ok(served);
+            }
             Attempt::Stale if !stale_retry_used => {
                 stale_retry_used = true;
                 fresh = true;
             }
             Attempt::Stale => break Err(ProxyError::BackendClosed),
             Attempt::Fail(e, retry_safe) => {
+                if e.source_side() == ErrorSource::Backend {
+                    w.metrics.record_attempt(backend.id, false);
+                }
                 if e.source_side() == ErrorSource::Backend
                     && let Some(kind) = failure_kind(&e)
                 {
@@ -174,6 +214,7 @@ pub async fn handle(
                     &mut w.rng.borrow_mut(),
                 );
                 retries_done += 1;
+                w.metrics.record_retry();
                 if !delay.is_zero() {
                     glommio::timer::sleep(delay).await;
                 }
@@ -184,11 +225,14 @@ pub async fn handle(
     };
 
     match result {
-        Ok(keep) => keep,
+        Ok(mut served) => {
+            served.retries = retries_done;
+            served
+        }
         Err(e) => {
             debug!(peer = %c.peer, "request failed: {e}");
             let Some(status) = e.status() else {
-                return false;
+                return Served::gone(last_backend);
             };
             // The connection can go on only if the request body is behind us.
             let body_done = match body_in_buf {
@@ -205,9 +249,16 @@ pub async fn handle(
                 && !w.draining();
             let resp = canned::error_response(status, !keep);
             if c.stream.write_all(&resp).await.is_err() {
-                return false;
+                return Served::gone(last_backend);
             }
-            keep
+            Served {
+                keep,
+                status,
+                backend: last_backend,
+                from_backend: false,
+                response_bytes: resp.len() as u64,
+                retries: retries_done,
+            }
         }
     }
 }
@@ -221,7 +272,7 @@ struct BodyState {
 }
 
 async fn connect(w: &Worker, backend: &Backend) -> Result<BackendConn, ProxyError> {
-    let cfg = &w.config;
+    let cfg = w.config();
     let stream = TcpStream::connect_timeout(backend.addr, cfg.connection_timeout)
         .await
         .map_err(|e| {
@@ -257,7 +308,7 @@ async fn attempt(
     let may_retry_stale = conn.reused && replayable && idempotent;
     // Safe to send again elsewhere: nothing of a response arrived, the body
     // is still ours, and repeating the method is harmless (or allowed).
-    let retry_safe = replayable && (idempotent || w.config.retry_non_idempotent);
+    let retry_safe = replayable && (idempotent || w.config().retry_non_idempotent);
 
     // 1. Send the head and the body.
     if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
@@ -282,7 +333,7 @@ async fn attempt(
                     && req.minor_version == 1
                     && c.stream.write_all(resp_out).await.is_err()
                 {
-                    return Attempt::Done(false);
+                    return Attempt::Done(Served::gone(Some(backend.id)));
                 }
             }
             Ok(h) => break h,
@@ -305,17 +356,32 @@ async fn attempt(
 
     // 3. Relay the response.
     if head.switching {
-        return Attempt::Done(tunnel(c, conn, resp_out).await);
+        let bytes = tunnel(c, conn, resp_out).await;
+        return Attempt::Done(Served {
+            keep: false,
+            status: 101,
+            backend: Some(backend.id),
+            from_backend: true,
+            response_bytes: bytes,
+            retries: 0,
+        });
     }
     match relay_body(w, c, &mut conn, &head, resp_out).await {
-        Ok(()) => {
+        Ok(bytes) => {
             if head.status < 500 {
                 w.report_success(view);
             }
             if head.backend_keep_alive && conn.buf.is_empty() {
                 w.pool.borrow_mut().put(backend.id, conn);
             }
-            Attempt::Done(head.client_keep_alive)
+            Attempt::Done(Served {
+                keep: head.client_keep_alive,
+                status: head.status,
+                backend: Some(backend.id),
+                from_backend: true,
+                response_bytes: bytes,
+                retries: 0,
+            })
         }
         Err(e) => {
             debug!(backend = %backend.name, "response relay aborted: {e}");
@@ -325,7 +391,14 @@ async fn attempt(
                 w.report_failure(backend.id, kind);
             }
             // The head is out: the only honest signal left is closing.
-            Attempt::Done(false)
+            Attempt::Done(Served {
+                keep: false,
+                status: head.status,
+                backend: Some(backend.id),
+                from_backend: true,
+                response_bytes: 0,
+                retries: 0,
+            })
         }
     }
 }
@@ -362,7 +435,7 @@ async fn send_request(
             state.consumed = true;
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config.client_body_timeout));
+                .set_read_timeout(Some(w.config().client_body_timeout));
             let mut left = n;
             while left > 0 {
                 if c.buf.is_empty() {
@@ -393,7 +466,7 @@ async fn send_request(
             state.consumed = true;
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config.client_body_timeout));
+                .set_read_timeout(Some(w.config().client_body_timeout));
             let mut dec = ChunkedDecoder::new(Mode::Rechunk);
             let mut out = Vec::with_capacity(COALESCE);
             loop {
@@ -451,7 +524,7 @@ async fn read_response_head(
     client: ClientSide,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
-    let max = w.config.max_header_bytes;
+    let max = w.config().max_header_bytes;
     loop {
         if !conn.buf.is_empty() {
             match response::parse(conn.buf.filled(), max, client, out) {
@@ -486,13 +559,17 @@ async fn relay_body(
     conn: &mut BackendConn,
     head: &ResponseHead,
     resp_out: &mut Vec<u8>,
-) -> Result<(), ProxyError> {
+) -> Result<u64, ProxyError> {
     let _ = w;
     let ce = ProxyError::ClientIo;
     match head.body {
-        BodyFraming::None => c.stream.write_all(resp_out).await.map_err(ce),
+        BodyFraming::None => {
+            c.stream.write_all(resp_out).await.map_err(ce)?;
+            Ok(resp_out.len() as u64)
+        }
         BodyFraming::Length(n) => {
             let mut left = n;
+            let total = resp_out.len() as u64 + n;
             let first = (conn.buf.len() as u64).min(left) as usize;
             if first <= COALESCE {
                 resp_out.extend_from_slice(&conn.buf.filled()[..first]);
@@ -523,7 +600,7 @@ async fn relay_body(
                 conn.buf.consume(take);
                 left -= take as u64;
             }
-            Ok(())
+            Ok(total)
         }
         BodyFraming::Chunked => {
             let mode = if head.dechunk {
@@ -533,6 +610,7 @@ async fn relay_body(
             };
             let mut dec = ChunkedDecoder::new(mode);
             let mut out = std::mem::take(resp_out);
+            let mut total = 0u64;
             let r = async {
                 loop {
                     let used = dec
@@ -544,10 +622,11 @@ async fn relay_body(
                         || out.len() >= COALESCE
                     {
                         c.stream.write_all(&out).await.map_err(ce)?;
+                        total += out.len() as u64;
                         out.clear();
                     }
                     if dec.is_done() {
-                        return Ok(());
+                        return Ok(total);
                     }
                     if conn.buf.is_empty() || used == 0 {
                         let r = conn.buf.read_from(&mut conn.stream).await.map_err(|e| {
@@ -572,14 +651,16 @@ async fn relay_body(
             resp_out.extend_from_slice(conn.buf.filled());
             conn.buf.clear();
             c.stream.write_all(resp_out).await.map_err(ce)?;
+            let mut total = resp_out.len() as u64;
             loop {
                 let r = match conn.buf.read_from(&mut conn.stream).await {
                     Ok(r) => r,
                     Err(e) => return Err(ProxyError::backend_io(e)),
                 };
                 if r == 0 {
-                    return Ok(());
+                    return Ok(total);
                 }
+                total += r as u64;
                 c.stream.write_all(conn.buf.filled()).await.map_err(ce)?;
                 conn.buf.clear();
             }
@@ -587,17 +668,18 @@ async fn relay_body(
     }
 }
 
-/// After a 101: relays bytes both ways until either side closes. Returns
-/// false (the client connection is done once the tunnel ends).
-async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> bool {
+/// After a 101: relays bytes both ways until either side closes (the client
+/// connection is done once the tunnel ends). Returns bytes sent to the client.
+async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
     resp_out.extend_from_slice(conn.buf.filled());
     conn.buf.clear();
     if c.stream.write_all(resp_out).await.is_err() {
-        return false;
+        return 0;
     }
+    let head = resp_out.len() as u64;
     if !c.buf.is_empty() {
         if conn.stream.write_all(c.buf.filled()).await.is_err() {
-            return false;
+            return head;
         }
         c.buf.clear();
     }
@@ -611,9 +693,13 @@ async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -
         let _ = bw.close().await;
     };
     let down = async {
-        let _ = futures_lite::io::copy(&mut br, &mut cw).await;
+        let n = futures_lite::io::copy(&mut br, &mut cw).await.unwrap_or(0);
         let _ = cw.close().await;
+        n
     };
-    future::or(up, down).await;
-    false
+    let up = async {
+        up.await;
+        0
+    };
+    head + future::or(down, up).await
 }

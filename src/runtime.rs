@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -79,6 +80,21 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> 
     Ok(s)
 }
 
+/// Creates the admin listening socket (no SO_REUSEPORT: one owner).
+fn bind_admin(addr: SocketAddr) -> std::io::Result<Socket> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s)
+}
+
 /// Blocks the signals the signal thread handles, in the calling thread and
 /// every thread it spawns afterwards.
 fn block_signals() -> libc::sigset_t {
@@ -94,7 +110,7 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>) {
+fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>, reload: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("ekilibri-signals".into())
         .spawn(move || {
@@ -107,9 +123,8 @@ fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>) {
                 }
                 match sig {
                     libc::SIGHUP => {
-                        warn!(
-                            "SIGHUP received: configuration reload is not supported yet; ignoring"
-                        );
+                        info!("SIGHUP received: reloading the configuration");
+                        reload.store(true, Ordering::Relaxed);
                     }
                     _ if shutdown.load(Ordering::Relaxed) => {
                         warn!("second termination signal: exiting without waiting for the drain");
@@ -128,7 +143,8 @@ fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>) {
 }
 
 /// Runs the balancer until a termination signal and the drain that follows.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// `config_path` is re-read on SIGHUP and `POST /reload`.
+pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
     let n = config.workers;
 
@@ -167,9 +183,26 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         })
         .collect();
 
+    let admin: Option<(OwnedFd, SocketAddr)> = match config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let s = bind_admin(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
+            let local = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+            Some((s.into(), local))
+        }
+    };
+    let admin_addr = admin.as_ref().map(|(_, a)| *a);
+
     let sigset = block_signals();
     let shutdown = Arc::new(AtomicBool::new(false));
-    spawn_signal_thread(sigset, shutdown.clone());
+    let reload = Arc::new(AtomicBool::new(false));
+    spawn_signal_thread(sigset, shutdown.clone(), reload.clone());
+    let access_tx =
+        (config.access_log != crate::access_log::Format::Off).then(crate::access_log::start);
 
     let mut to_workers = Vec::with_capacity(n);
     let mut from_workers = Vec::with_capacity(n);
@@ -187,10 +220,13 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         .spawn({
             let parts = HealthParts {
                 config: config.clone(),
+                config_path: config_path.to_path_buf(),
                 backends,
                 to_workers,
                 from_workers,
                 shutdown: shutdown.clone(),
+                reload,
+                admin: admin.map(|(fd, _)| fd),
             };
             move || checker::run(parts)
         })
@@ -218,6 +254,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             listener,
             control,
             reports,
+            access_tx: access_tx.clone(),
             ready: ready_tx.clone(),
         };
         let h = builder
@@ -247,6 +284,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(a) = admin_addr {
+            info!("admin API (metrics, servers, reload) at http://{a}/");
+        }
     }
 
     let mut result = Ok(());

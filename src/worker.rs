@@ -21,12 +21,16 @@ use glommio::net::TcpListener;
 use glommio::sync::{Semaphore, StaticPermit};
 use tracing::{debug, info, warn};
 
+use crate::access_log::WorkerLog;
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
 use crate::balancer::{self, Balancer, Rng};
 use crate::channel::repoll;
 use crate::config::Config;
-use crate::health::{BackendView, BreakerState, Control, FailureKind, Outcome, Report, Snapshot};
+use crate::health::{
+    BackendView, BreakerState, Control, FailureKind, Outcome, Report, Snapshot, ToHealth,
+};
+use crate::metrics::WorkerMetrics;
 use crate::retry::RetryBudget;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -47,8 +51,9 @@ pub struct Stats {
 pub struct Worker {
     /// Worker index (0-based).
     pub id: usize,
-    /// The configuration.
-    pub config: Arc<Config>,
+    /// The configuration; replaced on reload. A core-local copy, so reading
+    /// it per request touches no shared reference count.
+    config: RefCell<Rc<Config>>,
     /// `Rc` around the `Arc` on purpose: cloning it per request touches
     /// only core-local memory, never the shared `Arc` count.
     #[allow(clippy::redundant_allocation)]
@@ -56,13 +61,17 @@ pub struct Worker {
     balancer: RefCell<Box<dyn Balancer>>,
     /// Idle keep-alive connections to the backends.
     pub pool: RefCell<Pool>,
-    reports: ConnectedSender<Report>,
+    reports: ConnectedSender<ToHealth>,
     draining: Cell<bool>,
     active: Cell<usize>,
     idle: RefCell<HashMap<u64, RawFd>>,
     next_conn: Cell<u64>,
     /// Counters.
     pub stats: Stats,
+    /// Request metrics (core-local).
+    pub metrics: WorkerMetrics,
+    /// Access log buffer, when enabled.
+    pub access: Option<WorkerLog>,
     /// Backends this worker saw fail and has not seen succeed since (by id):
     /// only those get a success report, which resets their breaker count.
     recently_failed: RefCell<Vec<bool>>,
@@ -108,6 +117,33 @@ fn slot_mut<T: Default + Clone>(v: &mut Vec<T>, i: usize) -> &mut T {
 }
 
 impl Worker {
+    /// The current configuration.
+    #[inline]
+    pub fn config(&self) -> Rc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Open client connections on this worker.
+    pub fn active_connections(&self) -> usize {
+        self.active.get()
+    }
+
+    fn apply_config(&self, new: Arc<Config>) {
+        let old = self.config();
+        let new = Rc::new((*new).clone());
+        if new.strategy != old.strategy {
+            let mut bal =
+                balancer::new(new.strategy, 0x5eed ^ ((self.id as u64 + 1) * 0x9E37_79B9));
+            bal.update(&self.snapshot.borrow());
+            *self.balancer.borrow_mut() = bal;
+        }
+        if new.pool_size != old.pool_size {
+            self.pool.borrow_mut().set_capacity(new.pool_size);
+        }
+        *self.budget.borrow_mut() = RetryBudget::new(new.retry_budget);
+        *self.config.borrow_mut() = new;
+        info!(worker = self.id, "configuration reloaded");
+    }
     /// The snapshot to route this request by (a core-local `Rc` clone: no
     /// atomic on the shared `Arc` per request).
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
@@ -129,10 +165,10 @@ impl Worker {
     /// this backend's failures).
     pub fn report_failure(&self, backend: BackendId, kind: FailureKind) {
         *slot_mut(&mut self.recently_failed.borrow_mut(), backend.0 as usize) = true;
-        let _ = self.reports.try_send(Report {
+        let _ = self.reports.try_send(ToHealth::Report(Report {
             backend,
             outcome: Outcome::Failure(kind),
-        });
+        }));
     }
 
     /// Reports a success when it matters to the breaker: after a failure
@@ -145,10 +181,10 @@ impl Worker {
             if was_failed {
                 failed[id] = false;
             }
-            let _ = self.reports.try_send(Report {
+            let _ = self.reports.try_send(ToHealth::Report(Report {
                 backend: view.backend.id,
                 outcome: Outcome::Success,
-            });
+            }));
         }
     }
 
@@ -161,7 +197,7 @@ impl Worker {
         let idx = view.backend.id.0 as usize;
         let mut t = self.trials.borrow_mut();
         let n = slot_mut(&mut t, idx);
-        if *n >= self.config.breaker_half_open_requests {
+        if *n >= self.config().breaker_half_open_requests {
             return None;
         }
         *n += 1;
@@ -171,7 +207,7 @@ impl Worker {
     /// Waits for a `max_connections` slot on backend `id` (this worker's
     /// share), in a bounded queue with a timeout. `Ok(None)` when unlimited.
     pub async fn acquire_slot(&self, id: BackendId) -> Result<Option<StaticPermit>, SlotError> {
-        if self.config.max_connections == 0 {
+        if self.config().max_connections == 0 {
             return Ok(None);
         }
         let i = id.0 as usize;
@@ -180,9 +216,9 @@ impl Worker {
             slot_mut(&mut slots, i)
                 .get_or_insert_with(|| {
                     let share = self
-                        .config
+                        .config()
                         .max_connections
-                        .div_ceil(self.config.workers as u32);
+                        .div_ceil(self.config().workers as u32);
                     Rc::new(Semaphore::new(u64::from(share.max(1))))
                 })
                 .clone()
@@ -193,12 +229,12 @@ impl Worker {
         {
             let mut waiting = self.waiting.borrow_mut();
             let n = slot_mut(&mut waiting, i);
-            if *n >= self.config.queue_size {
+            if *n >= self.config().queue_size {
                 return Err(SlotError::QueueFull);
             }
             *n += 1;
         }
-        let timeout = self.config.queue_timeout;
+        let timeout = self.config().queue_timeout;
         let r =
             futures_lite::future::or(async { sem.acquire_static_permit(1).await.ok() }, async {
                 glommio::timer::sleep(timeout).await;
@@ -227,6 +263,13 @@ impl Worker {
             let mut pool = self.pool.borrow_mut();
             for b in snap.backends.iter().filter(|b| !b.up) {
                 pool.clear(b.backend.id);
+            }
+            // Backends removed from the set: drop their idle connections.
+            let old = self.snapshot.borrow().clone();
+            for b in old.backends.iter() {
+                if !snap.backends.iter().any(|n| n.backend.id == b.backend.id) {
+                    pool.clear(b.backend.id);
+                }
             }
         }
         self.balancer.borrow_mut().update(&snap);
@@ -302,8 +345,10 @@ pub struct WorkerParts {
     pub listener: OwnedFd,
     /// Snapshots and shutdown from the health executor.
     pub control: SharedReceiver<Control>,
-    /// Passive failure reports to the health executor.
-    pub reports: SharedSender<Report>,
+    /// Passive failure reports and metrics to the health executor.
+    pub reports: SharedSender<ToHealth>,
+    /// The access log thread, when the access log is on.
+    pub access_tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     /// Told once this worker has its first snapshot and accepts.
     pub ready: std::sync::mpsc::Sender<usize>,
 }
@@ -316,6 +361,7 @@ pub async fn run(parts: WorkerParts) {
         listener,
         control,
         reports,
+        access_tx,
         ready,
     } = parts;
     let control = repoll(control.connect()).await;
@@ -327,9 +373,10 @@ pub async fn run(parts: WorkerParts) {
     let mut bal = balancer::new(config.strategy, 0x5eed ^ ((id as u64 + 1) * 0x9E37_79B9));
     bal.update(&first);
     let pool = Pool::new(config.pool_size, Some(config.keepalive_timeout));
+    let access = access_tx.map(|tx| WorkerLog::new(config.access_log, tx));
     let w = Rc::new(Worker {
         id,
-        config: config.clone(),
+        config: RefCell::new(Rc::new((*config).clone())),
         snapshot: RefCell::new(Rc::new(first)),
         balancer: RefCell::new(bal),
         pool: RefCell::new(pool),
@@ -339,6 +386,8 @@ pub async fn run(parts: WorkerParts) {
         idle: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         stats: Stats::default(),
+        metrics: WorkerMetrics::default(),
+        access,
         recently_failed: RefCell::new(Vec::new()),
         trials: RefCell::new(Vec::new()),
         slots: RefCell::new(Vec::new()),
@@ -350,11 +399,27 @@ pub async fn run(parts: WorkerParts) {
     // and handed its sole ownership to this worker.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = glommio::spawn_local(accept_loop(w.clone(), listener));
+    let flusher = w.access.is_some().then(|| {
+        let w = w.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(crate::access_log::FLUSH_EVERY).await;
+                if let Some(a) = &w.access {
+                    a.flush();
+                }
+            }
+        })
+    });
     let _ = ready.send(id);
 
     while let Some(msg) = repoll(control.recv()).await {
         match msg {
             Control::Snapshot(s) => w.apply(s),
+            Control::Config(c) => w.apply_config(c),
+            Control::Scrape(seq) => {
+                let snap = w.metrics.snapshot(id, w.active.get() as u64);
+                let _ = repoll(w.reports.send(ToHealth::Metrics(seq, Box::new(snap)))).await;
+            }
             Control::Shutdown => break,
         }
     }
@@ -363,10 +428,16 @@ pub async fn run(parts: WorkerParts) {
     // connections, let in-flight requests finish within shutdown_timeout.
     accept.cancel().await;
     w.draining.set(true);
-    let deadline = Instant::now() + config.shutdown_timeout;
+    let deadline = Instant::now() + w.config().shutdown_timeout;
     while w.active.get() > 0 && Instant::now() < deadline {
         w.close_idle();
         glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    if let Some(f) = flusher {
+        f.cancel().await;
+    }
+    if let Some(a) = &w.access {
+        a.flush();
     }
     if w.active.get() > 0 {
         warn!(
@@ -388,12 +459,12 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if w.active.get() >= w.config.max_client_connections {
+                if w.active.get() >= w.config().max_client_connections {
                     // Over the limit: answer 503 and close, off the accept path.
                     if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                         warn!(
                             worker = w.id,
-                            limit = w.config.max_client_connections,
+                            limit = w.config().max_client_connections,
                             "max_client_connections reached; refusing new connections with 503"
                         );
                         last_warn = Some(Instant::now());

@@ -32,12 +32,19 @@ pub struct BackendConn {
 impl BackendConn {
     /// Wraps a freshly connected socket.
     pub fn new(stream: TcpStream, max_header_bytes: usize) -> Self {
+        crate::metrics::backend_conn_opened();
         BackendConn {
             stream,
             buf: IoBuf::new(BACKEND_BUF, max_header_bytes.max(BACKEND_BUF)),
             reused: false,
             idle_since: Instant::now(),
         }
+    }
+}
+
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        crate::metrics::backend_conn_closed();
     }
 }
 
@@ -57,6 +64,15 @@ impl Pool {
             slots: Vec::new(),
             capacity,
             idle_timeout,
+        }
+    }
+
+    /// Changes the idle capacity per backend (on reload); extra idle
+    /// connections are dropped.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+        for slot in &mut self.slots {
+            slot.truncate(capacity);
         }
     }
 

@@ -9,10 +9,13 @@
 //! per-backend probe loops decide *when* to check; [`probe`] decides *what*
 //! a check is.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,18 +27,42 @@ use glommio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::breaker::{Breaker, BreakerState};
-use super::{BackendView, Control, FailureKind, Outcome, Report, Snapshot};
-use crate::backend::Backend;
+use super::{BackendView, Control, FailureKind, Outcome, Report, Snapshot, ToHealth};
+use crate::backend::{Backend, BackendId};
 use crate::channel::repoll;
+use crate::config;
 use crate::config::Config;
+use crate::metrics::MetricsSnapshot;
 
 /// How often the executor looks at the process-wide shutdown flag and at
 /// open circuit breakers whose open duration has passed.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
+/// How a backend is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckSpec {
+    /// `GET path`, healthy on 2xx.
+    Http(String),
+    /// A TCP connect, healthy when it succeeds.
+    Tcp,
+}
+
+/// Where a backend came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The configuration file (replaced on reload).
+    Config,
+    /// The admin API (kept across reloads).
+    Api,
+}
+
 #[derive(Debug)]
 struct Entry {
     backend: Arc<Backend>,
+    check: CheckSpec,
+    source: Source,
+    checks_ok: u64,
+    checks_failed: u64,
     up: bool,
     ok_streak: u32,
     fail_streak: u32,
@@ -48,6 +75,9 @@ struct Entry {
 pub struct HealthBook {
     entries: Vec<Entry>,
     version: u64,
+    breaker_threshold: u32,
+    breaker_open: Duration,
+    breaker_half_open: u32,
     healthy_threshold: u32,
     unhealthy_threshold: u32,
     max_fails: u32,
@@ -63,6 +93,10 @@ impl HealthBook {
                 .into_iter()
                 .map(|backend| Entry {
                     backend,
+                    check: CheckSpec::Http(config.health_check_path.clone()),
+                    source: Source::Config,
+                    checks_ok: 0,
+                    checks_failed: 0,
                     up: true,
                     ok_streak: 0,
                     fail_streak: 0,
@@ -75,6 +109,9 @@ impl HealthBook {
                 })
                 .collect(),
             version: 0,
+            breaker_threshold: config.breaker_threshold,
+            breaker_open: config.breaker_open_duration,
+            breaker_half_open: config.breaker_half_open_requests,
             healthy_threshold: config.healthy_threshold,
             unhealthy_threshold: config.unhealthy_threshold,
             max_fails: config.max_fails,
@@ -85,6 +122,11 @@ impl HealthBook {
     /// Records an active check result; returns true when the backend flipped.
     pub fn observe_check(&mut self, i: usize, ok: bool) -> bool {
         let e = &mut self.entries[i];
+        if ok {
+            e.checks_ok += 1;
+        } else {
+            e.checks_failed += 1;
+        }
         if ok {
             e.ok_streak = e.ok_streak.saturating_add(1);
             e.fail_streak = 0;
@@ -196,49 +238,398 @@ impl HealthBook {
     }
 
     fn index_of(&self, report: &Report) -> Option<usize> {
+        self.position(report.backend)
+    }
+
+    /// Index of backend `id`.
+    pub fn position(&self, id: BackendId) -> Option<usize> {
+        self.entries.iter().position(|e| e.backend.id == id)
+    }
+
+    /// Adds a backend (API-added ones start down and enter rotation once a
+    /// check passes; config ones start up, as at startup).
+    pub fn add(&mut self, backend: Arc<Backend>, check: CheckSpec, source: Source) {
+        let breaker = Breaker::new(
+            self.breaker_threshold,
+            self.breaker_open,
+            self.breaker_half_open,
+        );
+        self.entries.push(Entry {
+            backend,
+            check,
+            source,
+            checks_ok: 0,
+            checks_failed: 0,
+            up: source == Source::Config,
+            ok_streak: 0,
+            fail_streak: 0,
+            passive: VecDeque::new(),
+            breaker,
+        });
+    }
+
+    /// Removes backend `id`; returns whether it existed.
+    pub fn remove(&mut self, id: BackendId) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.backend.id != id);
+        before != self.entries.len()
+    }
+
+    /// Swaps the `Backend` of `id` (new weight or name), keeping its health.
+    pub fn replace_backend(&mut self, id: BackendId, backend: Arc<Backend>) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.backend.id == id) {
+            e.backend = backend;
+        }
+    }
+
+    /// Applies reloaded thresholds.
+    pub fn set_thresholds(&mut self, c: &Config) {
+        self.healthy_threshold = c.healthy_threshold;
+        self.unhealthy_threshold = c.unhealthy_threshold;
+        self.max_fails = c.max_fails;
+        self.fail_window = c.fail_window;
+        self.breaker_threshold = c.breaker_threshold;
+        self.breaker_open = c.breaker_open_duration;
+        self.breaker_half_open = c.breaker_half_open_requests;
+    }
+
+    /// Points the checks of configuration backends at a reloaded path.
+    pub fn set_config_check_path(&mut self, path: &str) {
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.source == Source::Config)
+        {
+            e.check = CheckSpec::Http(path.to_string());
+        }
+    }
+
+    /// A view of every backend for the admin API and metrics.
+    pub fn views(&self) -> Vec<BackendInfo> {
         self.entries
             .iter()
-            .position(|e| e.backend.id == report.backend)
+            .map(|e| BackendInfo {
+                backend: e.backend.clone(),
+                check: e.check.clone(),
+                source: e.source,
+                up: e.up,
+                breaker: e.breaker.state(),
+                checks_ok: e.checks_ok,
+                checks_failed: e.checks_failed,
+            })
+            .collect()
     }
+}
+
+/// One backend as the admin API and metrics see it.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// The backend.
+    pub backend: Arc<Backend>,
+    /// How it is probed.
+    pub check: CheckSpec,
+    /// Where it came from.
+    pub source: Source,
+    /// Passes health checks.
+    pub up: bool,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Checks passed.
+    pub checks_ok: u64,
+    /// Checks failed.
+    pub checks_failed: u64,
 }
 
 /// What the health executor needs to start.
 pub struct HealthParts {
     /// The configuration.
     pub config: Arc<Config>,
+    /// Where the configuration was read from (for reloads).
+    pub config_path: PathBuf,
     /// Every backend.
     pub backends: Vec<Arc<Backend>>,
     /// One control channel per worker.
     pub to_workers: Vec<SharedSender<Control>>,
     /// One report channel per worker.
-    pub from_workers: Vec<SharedReceiver<Report>>,
+    pub from_workers: Vec<SharedReceiver<ToHealth>>,
     /// Set by the signal thread.
     pub shutdown: Arc<AtomicBool>,
+    /// Set by the signal thread on SIGHUP.
+    pub reload: Arc<AtomicBool>,
+    /// The admin listener, when enabled (bound by the runtime).
+    pub admin: Option<OwnedFd>,
 }
 
-struct Health {
-    book: RefCell<HealthBook>,
+/// The health executor's state, shared by its tasks (core-local `Rc`).
+pub struct Health {
+    /// Health state of every backend.
+    pub book: RefCell<HealthBook>,
     senders: Vec<ConnectedSender<Control>>,
+    config: RefCell<Arc<Config>>,
+    config_path: PathBuf,
+    probes: RefCell<HashMap<BackendId, glommio::Task<()>>>,
+    scrapes: RefCell<HashMap<u64, Vec<MetricsSnapshot>>>,
+    next_scrape: Cell<u64>,
+    next_id: Cell<u32>,
 }
+
+/// Longest a scrape waits for the workers' answers.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Health {
-    async fn publish(&self) {
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Number of request workers.
+    pub fn workers(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Builds and broadcasts a new snapshot.
+    pub async fn publish(&self) {
         let snap = self.book.borrow_mut().snapshot();
         for s in &self.senders {
             // A worker that has exited has dropped its receiver; ignore it.
             let _ = repoll(s.send(Control::Snapshot(snap.clone()))).await;
         }
     }
+
+    /// Asks every worker for its metrics and waits for the answers.
+    pub async fn scrape(&self) -> Vec<MetricsSnapshot> {
+        let seq = self.next_scrape.get();
+        self.next_scrape.set(seq + 1);
+        self.scrapes.borrow_mut().insert(seq, Vec::new());
+        for s in &self.senders {
+            let _ = repoll(s.send(Control::Scrape(seq))).await;
+        }
+        let deadline = Instant::now() + SCRAPE_TIMEOUT;
+        while Instant::now() < deadline {
+            let n = self.scrapes.borrow().get(&seq).map_or(0, Vec::len);
+            if n >= self.senders.len() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        self.scrapes.borrow_mut().remove(&seq).unwrap_or_default()
+    }
+
+    /// Adds a backend from the admin API; returns its id.
+    pub fn add_backend(
+        self: &Rc<Self>,
+        name: String,
+        addr: SocketAddr,
+        weight: u32,
+        check: CheckSpec,
+    ) -> BackendId {
+        let id = BackendId(self.next_id.get());
+        self.next_id.set(id.0 + 1);
+        let backend = Arc::new(Backend::new(id, name, addr, weight));
+        self.book
+            .borrow_mut()
+            .add(backend.clone(), check.clone(), Source::Api);
+        self.spawn_probe(backend, check);
+        id
+    }
+
+    /// Removes a backend: no new requests (a snapshot without it), then
+    /// waits until no worker has a request in flight to it (bounded by
+    /// `shutdown_timeout`). Returns false for an unknown id.
+    pub async fn remove_backend(self: &Rc<Self>, id: BackendId) -> bool {
+        if !self.book.borrow_mut().remove(id) {
+            return false;
+        }
+        if let Some(t) = self.probes.borrow_mut().remove(&id) {
+            drop(t);
+        }
+        self.publish().await;
+        let deadline = Instant::now() + self.config().shutdown_timeout;
+        while Instant::now() < deadline {
+            let busy: u64 = self
+                .scrape()
+                .await
+                .iter()
+                .filter_map(|m| m.backends.get(&id))
+                .map(|c| c.inflight)
+                .sum();
+            if busy == 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        info!(backend = id.0, "backend removed");
+        true
+    }
+
+    fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
+        let health = self.clone();
+        let id = backend.id;
+        let task = glommio::spawn_local(async move {
+            loop {
+                let config = health.config();
+                let result = match &check {
+                    CheckSpec::Http(path) => {
+                        let request = format!(
+                            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-health\r\nConnection: close\r\n\r\n",
+                            backend.name
+                        );
+                        probe(
+                            backend.addr,
+                            request.as_bytes(),
+                            config.connection_timeout,
+                            config.health_check_timeout,
+                        )
+                        .await
+                    }
+                    CheckSpec::Tcp => probe_tcp(backend.addr, config.health_check_timeout).await,
+                };
+                let flipped = {
+                    let mut book = health.book.borrow_mut();
+                    match book.position(id) {
+                        Some(i) => book.observe_check(i, result.is_ok()),
+                        None => return,
+                    }
+                };
+                if flipped {
+                    match result {
+                        Ok(()) => {
+                            info!(backend = %backend.name, "backend is up: health check passed")
+                        }
+                        Err(e) => {
+                            warn!(backend = %backend.name, "backend is down: health check failed: {e}")
+                        }
+                    }
+                    health.publish().await;
+                }
+                glommio::timer::sleep(config.health_check_interval).await;
+            }
+        });
+        self.probes.borrow_mut().insert(id, task);
+    }
+
+    /// Re-reads the configuration file and applies it. A file that does not
+    /// load, or that changes `listen`, `workers` or `admin_listen`, is refused
+    /// and the running configuration stays.
+    pub async fn reload(self: &Rc<Self>) -> Result<String, String> {
+        let old = self.config();
+        let new = match config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("reload refused, keeping the running configuration: {e}");
+                warn!("{msg}");
+                return Err(msg);
+            }
+        };
+        let mut new = new;
+        // `workers` may come from the command line: only an explicit change
+        // in the file is a change.
+        if new.workers != old.workers {
+            if workers_pinned_by_file(&self.config_path) {
+                let msg = format!(
+                    "reload refused: `workers` changed from {} to {}; restart to change it",
+                    old.workers, new.workers
+                );
+                warn!("{msg}");
+                return Err(msg);
+            }
+            new.workers = old.workers;
+        }
+        if new.listen != old.listen && old.listen.port() != 0 {
+            let msg = format!(
+                "reload refused: `listen` changed from {} to {}; restart to change it",
+                old.listen, new.listen
+            );
+            warn!("{msg}");
+            return Err(msg);
+        }
+        new.listen = old.listen;
+        if new.admin_listen.map(|a| a.port()) != old.admin_listen.map(|a| a.port())
+            && old.admin_listen.is_some_and(|a| a.port() != 0)
+        {
+            let msg = "reload refused: `admin_listen` changed; restart to change it".to_string();
+            warn!("{msg}");
+            return Err(msg);
+        }
+        new.admin_listen = old.admin_listen;
+        let new = Arc::new(new);
+
+        // New static backend set: keep identity (and health) of unchanged ones.
+        {
+            let mut book = self.book.borrow_mut();
+            let current = book.views();
+            for info in current.iter().filter(|i| i.source == Source::Config) {
+                if !new.servers.iter().any(|s| s.addr == info.backend.addr) {
+                    book.remove(info.backend.id);
+                }
+            }
+            for spec in &new.servers {
+                let existing = book
+                    .views()
+                    .into_iter()
+                    .find(|i| i.backend.addr == spec.addr);
+                match existing {
+                    Some(i) if i.backend.weight == spec.weight && i.backend.name == spec.name => {}
+                    Some(i) => {
+                        let b = Arc::new(Backend::new(
+                            i.backend.id,
+                            spec.name.clone(),
+                            spec.addr,
+                            spec.weight,
+                        ));
+                        book.replace_backend(i.backend.id, b);
+                    }
+                    None => {
+                        let id = BackendId(self.next_id.get());
+                        self.next_id.set(id.0 + 1);
+                        let b =
+                            Arc::new(Backend::new(id, spec.name.clone(), spec.addr, spec.weight));
+                        book.add(
+                            b,
+                            CheckSpec::Http(new.health_check_path.clone()),
+                            Source::Config,
+                        );
+                    }
+                }
+            }
+            book.set_thresholds(&new);
+            book.set_config_check_path(&new.health_check_path);
+        }
+        *self.config.borrow_mut() = new.clone();
+        for s in &self.senders {
+            let _ = repoll(s.send(Control::Config(new.clone()))).await;
+        }
+        // Restart the probes with the new settings and set.
+        self.probes.borrow_mut().clear();
+        for info in self.book.borrow().views() {
+            self.spawn_probe(info.backend, info.check);
+        }
+        self.publish().await;
+        let msg = format!("configuration reloaded: {}", new.summary());
+        info!("{msg}");
+        Ok(msg)
+    }
+}
+
+/// True when the file sets `workers` explicitly (a default follows the CPU
+/// count and is not a change the operator made).
+fn workers_pinned_by_file(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().any(|l| l.trim_start().starts_with("workers")))
+        .unwrap_or(false)
 }
 
 /// Runs the health executor until shutdown has been broadcast.
 pub async fn run(parts: HealthParts) {
     let HealthParts {
         config,
+        config_path,
         backends,
         to_workers,
         from_workers,
         shutdown,
+        reload,
+        admin,
     } = parts;
     let mut senders = Vec::with_capacity(to_workers.len());
     for s in to_workers {
@@ -248,59 +639,57 @@ pub async fn run(parts: HealthParts) {
     for r in from_workers {
         receivers.push(repoll(r.connect()).await);
     }
+    let next_id = backends.iter().map(|b| b.id.0 + 1).max().unwrap_or(0);
     let health = Rc::new(Health {
         book: RefCell::new(HealthBook::new(&config, backends.clone())),
         senders,
+        config: RefCell::new(config.clone()),
+        config_path,
+        probes: RefCell::new(HashMap::new()),
+        scrapes: RefCell::new(HashMap::new()),
+        next_scrape: Cell::new(0),
+        next_id: Cell::new(next_id),
     });
     health.publish().await;
 
-    let mut tasks = Vec::new();
-    for (i, backend) in backends.iter().enumerate() {
-        let health = health.clone();
-        let config = config.clone();
-        let backend = backend.clone();
-        tasks.push(glommio::spawn_local(async move {
-            let request = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-health\r\nConnection: close\r\n\r\n",
-                config.health_check_path, backend.name
-            );
-            loop {
-                let result = probe(
-                    backend.addr,
-                    request.as_bytes(),
-                    config.connection_timeout,
-                    config.health_check_timeout,
-                )
-                .await;
-                let ok = result.is_ok();
-                let flipped = health.book.borrow_mut().observe_check(i, ok);
-                if flipped {
-                    match result {
-                        Ok(()) => info!(backend = %backend.name, "backend is up: health check passed"),
-                        Err(e) => warn!(backend = %backend.name, "backend is down: health check failed: {e}"),
-                    }
-                    health.publish().await;
-                }
-                glommio::timer::sleep(config.health_check_interval).await;
-            }
-        }));
+    for b in &backends {
+        health.spawn_probe(b.clone(), CheckSpec::Http(config.health_check_path.clone()));
     }
+    let mut tasks = Vec::new();
     for rx in receivers {
         let health = health.clone();
         tasks.push(glommio::spawn_local(async move {
-            while let Some(report) = repoll(rx.recv()).await {
-                let changed = {
-                    let mut book = health.book.borrow_mut();
-                    match book.index_of(&report) {
-                        Some(i) => book.observe_report(i, report.outcome, Instant::now()),
-                        None => false,
+            while let Some(msg) = repoll(rx.recv()).await {
+                match msg {
+                    ToHealth::Report(report) => {
+                        let changed = {
+                            let mut book = health.book.borrow_mut();
+                            match book.index_of(&report) {
+                                Some(i) => book.observe_report(i, report.outcome, Instant::now()),
+                                None => false,
+                            }
+                        };
+                        if changed {
+                            health.publish().await;
+                        }
                     }
-                };
-                if changed {
-                    health.publish().await;
+                    ToHealth::Metrics(seq, snap) => {
+                        if let Some(v) = health.scrapes.borrow_mut().get_mut(&seq) {
+                            v.push(*snap);
+                        }
+                    }
                 }
             }
         }));
+    }
+    if let Some(fd) = admin {
+        // SAFETY: the runtime bound this listening socket and handed its sole
+        // ownership to the health executor.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        tasks.push(glommio::spawn_local(crate::admin::serve(
+            listener,
+            health.clone(),
+        )));
     }
 
     while !shutdown.load(Ordering::Relaxed) {
@@ -309,13 +698,25 @@ pub async fn run(parts: HealthParts) {
         if changed {
             health.publish().await;
         }
+        if reload.swap(false, Ordering::Relaxed) {
+            let _ = health.reload().await;
+        }
     }
     for s in &health.senders {
         let _ = repoll(s.send(Control::Shutdown)).await;
     }
+    health.probes.borrow_mut().clear();
     for t in tasks {
         t.cancel().await;
     }
+}
+
+/// A TCP check: healthy when a connection opens in time.
+pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map(|_| ())
+        .map_err(io::Error::from)
 }
 
 /// One active check: connect, send `GET path`, expect a 2xx status line.

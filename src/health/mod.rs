@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub use breaker::BreakerState;
 
 use crate::backend::{Backend, BackendId};
+use crate::config::Config;
+use crate::metrics::MetricsSnapshot;
 
 /// One backend as a snapshot sees it.
 #[derive(Debug, Clone)]
@@ -56,8 +58,21 @@ impl Snapshot {
 pub enum Control {
     /// A new snapshot to route by.
     Snapshot(Arc<Snapshot>),
+    /// A reloaded configuration (same listen address and worker count).
+    Config(Arc<Config>),
+    /// Send a metrics snapshot back, tagged with this sequence number.
+    Scrape(u64),
     /// Stop accepting, drain, exit.
     Shutdown,
+}
+
+/// Worker -> health executor.
+#[derive(Debug)]
+pub enum ToHealth {
+    /// A passive observation about a backend.
+    Report(Report),
+    /// The answer to [`Control::Scrape`].
+    Metrics(u64, Box<MetricsSnapshot>),
 }
 
 /// What a worker saw go wrong with a backend.

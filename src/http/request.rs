@@ -26,7 +26,7 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// The request method, as far as the proxy cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// GET
     Get,

@@ -313,6 +313,7 @@ impl Config {
             entries: Vec::new(),
         };
         c.set("listen", "\"127.0.0.1:0\"");
+        c.set("admin_listen", "\"127.0.0.1:0\"");
         c.set("servers", &servers_list(ports));
         c.set("strategy", "\"RoundRobin\"");
         c.set("max_fails", "5");
