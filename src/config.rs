@@ -78,6 +78,10 @@ pub const DEFAULT_QUEUE_SIZE: usize = 128;
 /// Longest wait for a backend slot before a 503.
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 1000;
 
+/// io_uring submission queue entries per worker ring: glommio's default.
+/// 1024 and 4096 measured the same CPU per request at 64 connections.
+pub const DEFAULT_RING_DEPTH: usize = 128;
+
 /// Largest weight a server may have; bounds the weighted round-robin schedule.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -218,6 +222,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Access log format.
     pub access_log: crate::access_log::Format,
+    /// io_uring ring depth of each worker.
+    pub ring_depth: usize,
 }
 
 /// The file as written. Every key but `servers` is optional.
@@ -262,6 +268,7 @@ pub struct FileConfig {
     admin_listen: Option<String>,
     admin_token: Option<String>,
     access_log: Option<String>,
+    ring_depth: Option<usize>,
 }
 
 /// A `servers` entry: `"host:port"` or `{ address = "host:port", weight = N }`.
@@ -585,6 +592,14 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         })?,
     };
 
+    let ring_depth = f.ring_depth.unwrap_or(DEFAULT_RING_DEPTH);
+    if !(32..=32768).contains(&ring_depth) || !ring_depth.is_power_of_two() {
+        return Err(invalid(
+            "ring_depth",
+            format!("{ring_depth} must be a power of two in 32..=32768"),
+        ));
+    }
+
     Ok(Config {
         listen,
         workers,
@@ -624,6 +639,7 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         admin_listen,
         admin_token,
         access_log,
+        ring_depth,
     })
 }
 

@@ -14,8 +14,9 @@ struct Args {
     /// Configuration file.
     #[arg(short = 'f', long = "file", default_value = "ekilibri.toml")]
     file: PathBuf,
-    /// Validate the configuration, print a one-line summary and exit
-    /// (status 0 when valid, 2 when not).
+    /// Validate the configuration and check the host (kernel, io_uring,
+    /// limits, CPUs), print a one-line summary and exit (status 0 when
+    /// valid, 2 when not).
     #[arg(long)]
     check: bool,
     /// Number of request workers (overrides `workers` in the file).

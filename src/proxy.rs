@@ -100,10 +100,10 @@ pub async fn handle(
     };
     c.buf.consume(req.head_len);
     w.budget.borrow_mut().on_request();
-    let snap = w.snapshot();
     let cfg = w.config();
     let mut retries_done = 0u32;
-    let mut exclude: Option<usize> = None;
+    // Excluded by id, not index: the backend set may change between tries.
+    let mut exclude: Option<BackendId> = None;
     let mut fresh = false;
     let mut stale_retry_used = false;
     let mut skipped = 0usize;
@@ -114,10 +114,16 @@ pub async fn handle(
     };
 
     let result = loop {
-        let Some(idx) = w.pick(&snap, c.peer.ip(), exclude) else {
+        // Read the snapshot on every try: the balancer's indices refer to the
+        // latest one, and a retry may come after a change of the backend set.
+        let snap = w.snapshot();
+        let exclude_idx = exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
+        let Some(view) = w
+            .pick(&snap, c.peer.ip(), exclude_idx)
+            .and_then(|idx| snap.backends.get(idx))
+        else {
             break Err(ProxyError::NoBackend);
         };
-        let view = &snap.backends[idx];
         let backend = &view.backend;
         last_backend = Some(backend.id);
         // A half-open breaker lets a bounded number of trials through.
@@ -126,7 +132,7 @@ pub async fn handle(
             if skipped >= snap.backends.len() {
                 break Err(ProxyError::Overloaded);
             }
-            exclude = Some(idx);
+            exclude = Some(backend.id);
             continue;
         };
         let _slot = match w.acquire_slot(backend.id).await {
@@ -218,7 +224,7 @@ pub async fn handle(
                 if !delay.is_zero() {
                     glommio::timer::sleep(delay).await;
                 }
-                exclude = Some(idx);
+                exclude = Some(backend.id);
                 fresh = false;
             }
         }

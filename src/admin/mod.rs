@@ -175,8 +175,13 @@ async fn handle_conn(mut s: TcpStream, health: &Rc<Health>) -> std::io::Result<(
         Ok(req) => route(req, health).await,
         Err(r) => r,
     };
+    let challenge = if reply.status == 401 {
+        "WWW-Authenticate: Bearer realm=\"ekilibri\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nServer: ekilibri-admin\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\nServer: ekilibri-admin\r\n\r\n",
         reply.status,
         reason(reply.status),
         reply.content_type,

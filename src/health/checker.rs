@@ -535,7 +535,7 @@ impl Health {
             }
             new.workers = old.workers;
         }
-        if new.listen != old.listen && old.listen.port() != 0 {
+        if new.listen != old.listen {
             let msg = format!(
                 "reload refused: `listen` changed from {} to {}; restart to change it",
                 old.listen, new.listen
@@ -544,9 +544,7 @@ impl Health {
             return Err(msg);
         }
         new.listen = old.listen;
-        if new.admin_listen.map(|a| a.port()) != old.admin_listen.map(|a| a.port())
-            && old.admin_listen.is_some_and(|a| a.port() != 0)
-        {
+        if new.admin_listen != old.admin_listen {
             let msg = "reload refused: `admin_listen` changed; restart to change it".to_string();
             warn!("{msg}");
             return Err(msg);

@@ -336,4 +336,250 @@ mod tests {
             );
         }
     }
+
+    // ---- Property tests (deterministic PRNG, no crates) ----
+
+    /// splitmix64.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// The outcome of feeding `input` in pieces cut at random points, the
+    /// way the proxy does (unconsumed bytes stay and more are appended).
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// The body ended: output and how many input bytes were left after it.
+        Done(Vec<u8>, usize),
+        /// Input ran out before the end of the body: output so far.
+        Incomplete(Vec<u8>),
+        Error(&'static str),
+    }
+
+    fn feed(mode: Mode, input: &[u8], rng: &mut Rng, max_piece: usize) -> Outcome {
+        let mut d = ChunkedDecoder::new(mode);
+        let mut out = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        loop {
+            let piece = if max_piece == usize::MAX {
+                input.len() - fed
+            } else {
+                (1 + rng.below(max_piece)).min(input.len() - fed)
+            };
+            pending.extend_from_slice(&input[fed..fed + piece]);
+            fed += piece;
+            let used = match d.decode(&pending, &mut out) {
+                Ok(u) => u,
+                Err(e) => return Outcome::Error(e),
+            };
+            assert!(used <= pending.len(), "consumed more than given");
+            pending.drain(..used);
+            if d.is_done() {
+                return Outcome::Done(out, pending.len() + input.len() - fed);
+            }
+            if fed == input.len() {
+                // Nothing new will come: one more call must not change anything.
+                let before = out.len();
+                match d.decode(&pending, &mut out) {
+                    Ok(0) => {}
+                    Ok(n) => panic!("decoder consumed {n} bytes on a repeated call"),
+                    Err(e) => return Outcome::Error(e),
+                }
+                assert_eq!(out.len(), before);
+                return Outcome::Incomplete(out);
+            }
+        }
+    }
+
+    fn upper_or_lower_hex(rng: &mut Rng, n: usize) -> String {
+        let s = format!("{n:x}");
+        let zeros = rng.below(17 - s.len().min(16));
+        let s = format!("{}{s}", "0".repeat(zeros.min(3)));
+        if rng.below(2) == 0 {
+            s.to_uppercase()
+        } else {
+            s
+        }
+    }
+
+    #[test]
+    fn property_encode_decode_round_trips_at_random_splits() {
+        let mut rng = Rng(0xc4c4_0001);
+        for case in 0..3000 {
+            let len = match rng.below(4) {
+                0 => rng.below(4),
+                1 | 2 => rng.below(600),
+                _ => rng.below(20_000),
+            };
+            let payload = rng.bytes(len);
+            let chunk = 1 + rng.below(len.max(1) + 10);
+            let enc = encode(&payload, chunk);
+            let tail_len = rng.below(8);
+            let tail = rng.bytes(tail_len);
+            let input = [&enc[..], &tail[..]].concat();
+            let piece = 1 + rng.below(700);
+            assert_eq!(
+                feed(Mode::Decode, &input, &mut rng, piece),
+                Outcome::Done(payload.clone(), tail.len()),
+                "case {case}: len {len} chunk {chunk}"
+            );
+            // encode() is canonical, so re-chunking reproduces it.
+            assert_eq!(
+                feed(Mode::Rechunk, &input, &mut rng, piece),
+                Outcome::Done(enc.clone(), tail.len()),
+                "case {case}"
+            );
+        }
+    }
+
+    #[test]
+    fn property_non_canonical_encodings_are_canonicalised() {
+        let mut rng = Rng(0xc4c4_0002);
+        const EXT: &[&str] = &[";a", ";a=b", " ;x=\"q r\"", "\t;y", ";a;b=c", "; n = v"];
+        const TRAILERS: &[(&str, bool)] = &[
+            ("X-Trailer: v", true),
+            ("Server-Timing: a;dur=1", true),
+            ("Content-Length: 9", false),
+            ("Transfer-Encoding: chunked", false),
+            ("Host: evil", false),
+            ("Connection: close", false),
+            ("X-Forwarded-For: 1.2.3.4", false),
+            ("Expect: 100-continue", false),
+            ("Trailer: X", false),
+            ("X-Empty:", true),
+        ];
+        for case in 0..3000 {
+            let mut input = Vec::new();
+            let mut canonical = Vec::new();
+            let mut payload = Vec::new();
+            for _ in 0..rng.below(6) {
+                let n = 1 + rng.below(300);
+                let data = rng.bytes(n);
+                input.extend_from_slice(upper_or_lower_hex(&mut rng, n).as_bytes());
+                if rng.below(3) == 0 {
+                    input.extend_from_slice(EXT[rng.below(EXT.len())].as_bytes());
+                }
+                input.extend_from_slice(b"\r\n");
+                input.extend_from_slice(&data);
+                input.extend_from_slice(b"\r\n");
+                canonical.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                canonical.extend_from_slice(&data);
+                canonical.extend_from_slice(b"\r\n");
+                payload.extend_from_slice(&data);
+            }
+            input.extend_from_slice("0".repeat(1 + rng.below(3)).as_bytes());
+            if rng.below(3) == 0 {
+                input.extend_from_slice(EXT[rng.below(EXT.len())].as_bytes());
+            }
+            input.extend_from_slice(b"\r\n");
+            canonical.extend_from_slice(b"0\r\n");
+            for _ in 0..rng.below(4) {
+                let (t, kept) = TRAILERS[rng.below(TRAILERS.len())];
+                input.extend_from_slice(t.as_bytes());
+                input.extend_from_slice(b"\r\n");
+                if kept {
+                    canonical.extend_from_slice(t.as_bytes());
+                    canonical.extend_from_slice(b"\r\n");
+                }
+            }
+            input.extend_from_slice(b"\r\n");
+            canonical.extend_from_slice(b"\r\n");
+            let piece = 1 + rng.below(64);
+            assert_eq!(
+                feed(Mode::Decode, &input, &mut rng, piece),
+                Outcome::Done(payload, 0),
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+            assert_eq!(
+                feed(Mode::Rechunk, &input, &mut rng, piece),
+                Outcome::Done(canonical, 0),
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
+
+    /// Random bytes biased towards the chunked alphabet, and mutations of
+    /// valid encodings: no panic, and the outcome does not depend on how
+    /// the input was split; a re-chunked body decodes to the same payload.
+    #[test]
+    fn property_decoder_never_panics_and_ignores_splits() {
+        let mut rng = Rng(0xc4c4_0003);
+        const ALPHABET: &[u8] = b"0123456789abcdefABCDEF\r\n\r\n;= \t:xX-\x00\x7f\xff";
+        for case in 0..20_000 {
+            let input: Vec<u8> = if case % 2 == 0 {
+                let n = rng.below(80);
+                (0..n)
+                    .map(|_| {
+                        if rng.below(8) == 0 {
+                            rng.next() as u8
+                        } else {
+                            ALPHABET[rng.below(ALPHABET.len())]
+                        }
+                    })
+                    .collect()
+            } else {
+                let payload_len = rng.below(40);
+                let payload = rng.bytes(payload_len);
+                let mut v = encode(&payload, 1 + rng.below(16));
+                v.splice(
+                    v.len() - 2..v.len() - 2,
+                    b"X-T: 1\r\nHost: h\r\n".iter().copied(),
+                );
+                for _ in 0..1 + rng.below(3) {
+                    let i = rng.below(v.len());
+                    match rng.below(3) {
+                        0 => v[i] = ALPHABET[rng.below(ALPHABET.len())],
+                        1 => {
+                            v.remove(i);
+                        }
+                        _ => v.insert(i, ALPHABET[rng.below(ALPHABET.len())]),
+                    }
+                }
+                v
+            };
+            for mode in [Mode::Decode, Mode::Rechunk] {
+                let whole = feed(mode, &input, &mut rng, usize::MAX);
+                let piece = 1 + rng.below(5);
+                let split = feed(mode, &input, &mut rng, piece);
+                assert_eq!(
+                    whole,
+                    split,
+                    "case {case} {mode:?}: {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+            let decoded = feed(Mode::Decode, &input, &mut rng, usize::MAX);
+            if let (Outcome::Done(payload, _), Outcome::Done(rechunked, _)) =
+                (&decoded, feed(Mode::Rechunk, &input, &mut rng, usize::MAX))
+            {
+                assert_eq!(
+                    feed(Mode::Decode, &rechunked, &mut rng, usize::MAX),
+                    Outcome::Done(payload.clone(), 0),
+                    "case {case}"
+                );
+                // Canonical form is a fixed point.
+                assert_eq!(
+                    feed(Mode::Rechunk, &rechunked, &mut rng, usize::MAX),
+                    Outcome::Done(rechunked.clone(), 0),
+                    "case {case}"
+                );
+            }
+        }
+    }
 }

@@ -555,4 +555,402 @@ mod tests {
         assert!(out.starts_with("GET / HTTP/1.1\r\n"));
         assert_eq!(h.head_len, 29);
     }
+
+    // ---- Property tests: generated valid heads (deterministic PRNG) ----
+
+    /// splitmix64: small, deterministic, good enough to drive generators.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    const TCHARS: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~";
+
+    fn token(rng: &mut Rng, max: usize) -> String {
+        let n = 1 + rng.below(max);
+        (0..n).map(|_| *rng.pick(TCHARS) as char).collect()
+    }
+
+    /// A header value without leading/trailing whitespace: visible ASCII,
+    /// interior spaces and tabs, obs-text.
+    fn field_value(rng: &mut Rng) -> Vec<u8> {
+        let n = rng.below(24);
+        let mut v: Vec<u8> = (0..n)
+            .map(|_| match rng.below(20) {
+                0 => b' ',
+                1 => b'\t',
+                2 => 0x80 + rng.below(128) as u8,
+                _ => 0x21 + rng.below(0x7e - 0x21 + 1) as u8,
+            })
+            .collect();
+        while matches!(v.first(), Some(b' ' | b'\t')) {
+            v.remove(0);
+        }
+        while matches!(v.last(), Some(b' ' | b'\t')) {
+            v.pop();
+        }
+        v
+    }
+
+    /// A generated valid request head and what the forwarded head must be.
+    struct Generated {
+        raw: Vec<u8>,
+        method: String,
+        target: String,
+        body: BodyFraming,
+        keep_alive: bool,
+        upgrade: bool,
+        /// The forwarded header fields in order (name as sent, trimmed value).
+        forwarded: Vec<(String, Vec<u8>)>,
+    }
+
+    fn generate(rng: &mut Rng) -> Generated {
+        let minor: u8 = if rng.chance(85) { 1 } else { 0 };
+        let method = match rng.below(12) {
+            0..=7 => rng
+                .pick(&[
+                    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
+                ])
+                .to_string(),
+            _ => loop {
+                let t = token(rng, 10);
+                if t != "CONNECT" {
+                    break t;
+                }
+            },
+        };
+        let target = match rng.below(10) {
+            0 if method == "OPTIONS" => "*".to_string(),
+            1 => format!("http://{}/{}", token(rng, 8).to_lowercase(), token(rng, 8)),
+            _ => {
+                const PATH: &[u8] =
+                    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/?=&%.-_~!$'()*+,;:@";
+                let n = rng.below(40);
+                let mut t = String::from("/");
+                t.extend((0..n).map(|_| *rng.pick(PATH) as char));
+                t
+            }
+        };
+
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        const NAMES: &[&str] = &[
+            "Accept",
+            "User-Agent",
+            "Cookie",
+            "X-Custom",
+            "Cache-Control",
+            "Authorization",
+            "X-Drop-Me",
+            "X_Under",
+            "x-a_b",
+            "Accept-Encoding",
+            "Origin",
+            "Referer",
+        ];
+        for _ in 0..rng.below(12) {
+            let name = if rng.chance(60) {
+                rng.pick(NAMES).to_string()
+            } else {
+                token(rng, 16)
+            };
+            let lower = name.to_ascii_lowercase();
+            // Names with a meaning of their own are generated below.
+            if [
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "upgrade",
+                "expect",
+                "x-forwarded-for",
+                "te",
+                "trailer",
+                "keep-alive",
+                "proxy-connection",
+            ]
+            .contains(&lower.as_str())
+            {
+                continue;
+            }
+            headers.push((name, field_value(rng)));
+        }
+        let host_count = if minor == 1 { 1 } else { rng.below(2) };
+        for _ in 0..host_count {
+            let host = format!("{}:{}", token(rng, 10).to_lowercase(), rng.below(65536));
+            headers.push((
+                rng.pick(&["Host", "host", "HOST"]).to_string(),
+                host.into_bytes(),
+            ));
+        }
+        for _ in 0..rng.below(3) {
+            let v = if rng.chance(20) {
+                Vec::new()
+            } else {
+                format!(
+                    "10.{}.{}.{}",
+                    rng.below(256),
+                    rng.below(256),
+                    rng.below(256)
+                )
+                .into_bytes()
+            };
+            headers.push((
+                rng.pick(&["X-Forwarded-For", "x-forwarded-for"])
+                    .to_string(),
+                v,
+            ));
+        }
+        let mut conn_tokens: Vec<String> = Vec::new();
+        for _ in 0..rng.below(3) {
+            let n = 1 + rng.below(3);
+            let toks: Vec<String> = (0..n)
+                .map(|_| {
+                    rng.pick(&[
+                        "close",
+                        "keep-alive",
+                        "Keep-Alive",
+                        "upgrade",
+                        "Upgrade",
+                        "X-Drop-Me",
+                        "Cookie",
+                        "x-custom",
+                    ])
+                    .to_string()
+                })
+                .collect();
+            let sep = *rng.pick(&[",", ", ", " ,", ",\t", " , "]);
+            conn_tokens.extend(toks.iter().cloned());
+            headers.push(("Connection".to_string(), toks.join(sep).into_bytes()));
+        }
+        let upgrade_present = rng.chance(15);
+        if upgrade_present {
+            headers.push(("Upgrade".to_string(), b"websocket".to_vec()));
+        }
+        for name in ["Keep-Alive", "TE", "Trailer", "Proxy-Connection"] {
+            if rng.chance(8) {
+                headers.push((name.to_string(), b"x".to_vec()));
+            }
+        }
+        let body = match rng.below(3) {
+            0 => BodyFraming::None,
+            1 => {
+                let n = rng.next() % 1_000_000;
+                for _ in 0..1 + rng.below(2) {
+                    let v = if rng.chance(20) {
+                        format!("{n}, {n}")
+                    } else {
+                        n.to_string()
+                    };
+                    headers.push(("Content-Length".to_string(), v.into_bytes()));
+                }
+                BodyFraming::Length(n)
+            }
+            _ if minor == 1 => {
+                let v = rng.pick(&["chunked", "Chunked", "CHUNKED", ", chunked"]);
+                headers.push(("Transfer-Encoding".to_string(), v.as_bytes().to_vec()));
+                BodyFraming::Chunked
+            }
+            _ => BodyFraming::None,
+        };
+        if rng.chance(10) {
+            let v: &[u8] = if rng.chance(70) {
+                b"100-continue"
+            } else {
+                b"other"
+            };
+            headers.push(("Expect".to_string(), v.to_vec()));
+        }
+        // Shuffle (Fisher-Yates).
+        for i in (1..headers.len()).rev() {
+            let j = rng.below(i + 1);
+            headers.swap(i, j);
+        }
+
+        // The documented rewrite, as a model.
+        let lc = |s: &str| s.to_ascii_lowercase();
+        let special = ["close", "keep-alive", "upgrade"];
+        let conn_close = conn_tokens.iter().any(|t| lc(t) == "close");
+        let conn_keep = conn_tokens.iter().any(|t| lc(t) == "keep-alive");
+        let conn_upgrade = conn_tokens.iter().any(|t| lc(t) == "upgrade");
+        let dropped_by_conn: Vec<String> = conn_tokens
+            .iter()
+            .map(|t| lc(t))
+            .filter(|t| !special.contains(&t.as_str()))
+            .collect();
+        let upgrade = minor == 1 && conn_upgrade && upgrade_present && body == BodyFraming::None;
+        let expect_continue = headers
+            .iter()
+            .any(|(n, v)| lc(n) == "expect" && v.eq_ignore_ascii_case(b"100-continue"));
+        let hop = [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "proxy-connection",
+            "upgrade",
+            "transfer-encoding",
+            "content-length",
+        ];
+        let mut forwarded: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(n, _)| {
+                let l = lc(n);
+                if hop.contains(&l.as_str()) {
+                    upgrade && l == "upgrade"
+                } else if l == "x-forwarded-for" || (expect_continue && l == "expect") {
+                    false
+                } else {
+                    !l.contains('_') && !dropped_by_conn.contains(&l)
+                }
+            })
+            .cloned()
+            .collect();
+        if minor == 0 && host_count == 0 {
+            forwarded.push(("Host".to_string(), Vec::new()));
+        }
+        match body {
+            BodyFraming::Length(n) => {
+                forwarded.push(("Content-Length".to_string(), n.to_string().into_bytes()))
+            }
+            BodyFraming::Chunked => {
+                forwarded.push(("Transfer-Encoding".to_string(), b"chunked".to_vec()))
+            }
+            _ => {}
+        }
+        if upgrade {
+            forwarded.push(("Connection".to_string(), b"upgrade".to_vec()));
+        }
+        let mut xff: Vec<Vec<u8>> = headers
+            .iter()
+            .filter(|(n, v)| lc(n) == "x-forwarded-for" && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect();
+        xff.push(b"127.0.0.1".to_vec());
+        forwarded.push(("X-Forwarded-For".to_string(), xff.join(&b", "[..])));
+
+        // Serialise with optional whitespace around values.
+        let mut raw = Vec::new();
+        if rng.chance(5) {
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(format!("{method} {target} HTTP/1.{minor}\r\n").as_bytes());
+        for (n, v) in &headers {
+            raw.extend_from_slice(n.as_bytes());
+            raw.push(b':');
+            let ows: &[&[u8]] = &[b"", b" ", b"  ", b"\t"];
+            let w = *rng.pick(ows);
+            raw.extend_from_slice(w);
+            raw.extend_from_slice(v);
+            let ows: &[&[u8]] = &[b"", b"", b" ", b"\t "];
+            let w = *rng.pick(ows);
+            raw.extend_from_slice(w);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        Generated {
+            raw,
+            method,
+            target,
+            body,
+            keep_alive: if minor == 1 {
+                !conn_close
+            } else {
+                conn_keep && !conn_close
+            },
+            upgrade,
+            forwarded,
+        }
+    }
+
+    #[test]
+    fn property_forwarded_head_reparses_to_the_documented_rewrite() {
+        let mut rng = Rng(0x5eed_0001);
+        for case in 0..5000 {
+            let g = generate(&mut rng);
+            let show = || String::from_utf8_lossy(&g.raw).into_owned();
+            let mut out = Vec::new();
+            let h = match parse(&g.raw, 65536, IP, &mut out) {
+                Ok(Some(h)) => h,
+                other => panic!("case {case}: {other:?} for {:?}", show()),
+            };
+            assert_eq!(h.head_len, g.raw.len(), "case {case}: {:?}", show());
+            assert_eq!(h.body, g.body, "case {case}: {:?}", show());
+            assert_eq!(h.keep_alive, g.keep_alive, "case {case}: {:?}", show());
+            assert_eq!(h.upgrade, g.upgrade, "case {case}: {:?}", show());
+            assert_eq!(&g.raw[h.method_range.clone()], g.method.as_bytes());
+            assert_eq!(&g.raw[h.target_range.clone()], g.target.as_bytes());
+            assert!(!has_bare_lf(&out), "case {case}: bare LF in {out:?}");
+
+            // The forwarded head, parsed strictly by httparse.
+            let mut slots = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut slots);
+            let n = match req.parse(&out) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!(
+                    "case {case}: forwarded head {other:?}: {:?}",
+                    String::from_utf8_lossy(&out)
+                ),
+            };
+            assert_eq!(n, out.len(), "case {case}");
+            assert_eq!(req.method, Some(g.method.as_str()));
+            assert_eq!(req.path, Some(g.target.as_str()));
+            assert_eq!(req.version, Some(1));
+            let got: Vec<(String, Vec<u8>)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect();
+            assert_eq!(
+                got,
+                g.forwarded,
+                "case {case}: input {:?}\nforwarded {:?}",
+                show(),
+                String::from_utf8_lossy(&out)
+            );
+
+            // Forwarding the forwarded head again changes only X-Forwarded-For.
+            let mut again = Vec::new();
+            let h2 = parse(&out, 65536, IP, &mut again)
+                .unwrap_or_else(|e| panic!("case {case}: re-parse: {e}"))
+                .expect("complete");
+            assert_eq!(h2.body, h.body);
+            assert_eq!(h2.method, h.method);
+            assert_eq!(h2.upgrade, h.upgrade);
+            let xff_end = |v: &[u8]| v.len() - b"127.0.0.1\r\n\r\n".len();
+            assert_eq!(
+                &again[..xff_end(&again)],
+                [&out[..xff_end(&out)], b"127.0.0.1, "].concat(),
+                "case {case}"
+            );
+
+            // Every proper prefix asks for more bytes (sampled).
+            if case % 10 == 0 {
+                for cut in 0..g.raw.len() {
+                    let mut o = Vec::new();
+                    assert!(
+                        matches!(parse(&g.raw[..cut], 65536, IP, &mut o), Ok(None)),
+                        "case {case}: prefix of {cut} bytes of {:?}",
+                        show()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -375,4 +375,243 @@ mod tests {
         assert!(h.backend_keep_alive && !h.client_keep_alive);
         assert!(out.ends_with("Connection: close\r\n\r\n"));
     }
+
+    // ---- Property test: generated valid response heads (deterministic PRNG) ----
+
+    /// splitmix64.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    fn visible(rng: &mut Rng, max: usize) -> Vec<u8> {
+        let n = rng.below(max);
+        let mut v: Vec<u8> = (0..n)
+            .map(|_| match rng.below(16) {
+                0 => b' ',
+                1 => 0x80 + rng.below(128) as u8,
+                _ => 0x21 + rng.below(0x7e - 0x21 + 1) as u8,
+            })
+            .collect();
+        while matches!(v.first(), Some(b' ')) {
+            v.remove(0);
+        }
+        while matches!(v.last(), Some(b' ')) {
+            v.pop();
+        }
+        v
+    }
+
+    #[test]
+    fn property_client_head_reparses_to_the_documented_rewrite() {
+        let mut rng = Rng(0x7e5b_0001);
+        const STATUSES: &[u16] = &[
+            100, 101, 102, 103, 200, 201, 204, 206, 301, 304, 404, 500, 503,
+        ];
+        const NAMES: &[&str] = &[
+            "Server",
+            "Date",
+            "Content-Type",
+            "Set-Cookie",
+            "X-Drop",
+            "Cache-Control",
+            "ETag",
+            "Vary",
+        ];
+        for case in 0..5000 {
+            let status = if rng.chance(70) {
+                STATUSES[rng.below(STATUSES.len())]
+            } else {
+                200 + rng.below(400) as u16
+            };
+            let minor = if rng.chance(85) { 1u8 } else { 0 };
+            let client = ClientSide {
+                head_request: rng.chance(15),
+                minor_version: if rng.chance(80) { 1 } else { 0 },
+                keep_alive: rng.chance(80),
+                upgrade: status == 101 || rng.chance(5),
+            };
+            let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+            for _ in 0..rng.below(10) {
+                headers.push((
+                    NAMES[rng.below(NAMES.len())].to_string(),
+                    visible(&mut rng, 30),
+                ));
+            }
+            let mut conn_tokens: Vec<&str> = Vec::new();
+            for _ in 0..rng.below(3) {
+                let toks: Vec<&str> = (0..1 + rng.below(2))
+                    .map(|_| {
+                        [
+                            "close",
+                            "keep-alive",
+                            "Keep-Alive",
+                            "upgrade",
+                            "X-Drop",
+                            "vary",
+                        ][rng.below(6)]
+                    })
+                    .collect();
+                conn_tokens.extend(&toks);
+                headers.push(("Connection".into(), toks.join(", ").into_bytes()));
+            }
+            for name in ["Keep-Alive", "TE", "Trailer", "Proxy-Connection", "Upgrade"] {
+                if rng.chance(8) || (name == "Upgrade" && status == 101) {
+                    headers.push((name.into(), b"x".to_vec()));
+                }
+            }
+            let (cl, te) = match rng.below(3) {
+                _ if status == 204 => (rng.chance(30).then_some(0u64), false),
+                0 => (None, false),
+                1 => (Some(rng.next() % 100_000), false),
+                _ => (None, true),
+            };
+            if let Some(n) = cl {
+                for _ in 0..1 + rng.below(2) {
+                    headers.push(("Content-Length".into(), n.to_string().into_bytes()));
+                }
+            }
+            if te {
+                headers.push(("Transfer-Encoding".into(), b"chunked".to_vec()));
+            }
+            for i in (1..headers.len()).rev() {
+                let j = rng.below(i + 1);
+                headers.swap(i, j);
+            }
+            let mut raw = format!("HTTP/1.{minor} {status} ").into_bytes();
+            raw.extend(visible(&mut rng, 20));
+            raw.extend_from_slice(b"\r\n");
+            for (n, v) in &headers {
+                raw.extend_from_slice(n.as_bytes());
+                raw.extend_from_slice(b": ");
+                raw.extend_from_slice(v);
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"\r\n");
+            let show = String::from_utf8_lossy(&raw).into_owned();
+
+            // The documented behaviour, as a model.
+            let tok = |t: &str| conn_tokens.iter().any(|c| c.eq_ignore_ascii_case(t));
+            let interim = (100..200).contains(&status) && status != 101;
+            let switching = status == 101;
+            let body =
+                if interim || switching || client.head_request || status == 304 || status == 204 {
+                    BodyFraming::None
+                } else if te {
+                    BodyFraming::Chunked
+                } else if let Some(n) = cl {
+                    BodyFraming::Length(n)
+                } else {
+                    BodyFraming::UntilClose
+                };
+            let backend_keep_alive = !interim
+                && !switching
+                && body != BodyFraming::UntilClose
+                && if minor == 1 {
+                    !tok("close")
+                } else {
+                    tok("keep-alive") && !tok("close")
+                };
+            let dechunk = body == BodyFraming::Chunked && client.minor_version == 0;
+            let client_keep_alive =
+                client.keep_alive && !switching && body != BodyFraming::UntilClose && !dechunk;
+            let by_conn: Vec<String> = conn_tokens
+                .iter()
+                .map(|t| t.to_ascii_lowercase())
+                .filter(|t| !["close", "keep-alive", "upgrade"].contains(&t.as_str()))
+                .collect();
+            let mut expected: Vec<(String, Vec<u8>)> = headers
+                .iter()
+                .filter(|(n, _)| {
+                    let l = n.to_ascii_lowercase();
+                    if is_hop_by_hop(l.as_bytes()) {
+                        switching && l == "upgrade"
+                    } else {
+                        !by_conn.contains(&l)
+                    }
+                })
+                .cloned()
+                .collect();
+            match body {
+                BodyFraming::Length(n) => {
+                    expected.push(("Content-Length".into(), n.to_string().into_bytes()))
+                }
+                BodyFraming::Chunked if !dechunk => {
+                    expected.push(("Transfer-Encoding".into(), b"chunked".to_vec()))
+                }
+                BodyFraming::None if !interim && !switching && status != 204 => {
+                    if let Some(n) = cl {
+                        expected.push(("Content-Length".into(), n.to_string().into_bytes()));
+                    }
+                }
+                _ => {}
+            }
+            if switching {
+                expected.push(("Connection".into(), b"upgrade".to_vec()));
+            } else if !interim {
+                if !client_keep_alive {
+                    expected.push(("Connection".into(), b"close".to_vec()));
+                } else if client.minor_version == 0 {
+                    expected.push(("Connection".into(), b"keep-alive".to_vec()));
+                }
+            }
+
+            let mut out = Vec::new();
+            let h = match parse(&raw, 65536, client, &mut out) {
+                Ok(Some(h)) => h,
+                other => panic!("case {case}: {other:?} for {show:?} ({client:?})"),
+            };
+            assert_eq!(
+                (
+                    h.head_len,
+                    h.status,
+                    h.interim,
+                    h.switching,
+                    h.body,
+                    h.dechunk
+                ),
+                (raw.len(), status, interim, switching, body, dechunk),
+                "case {case}: {show:?}"
+            );
+            assert_eq!(
+                (h.backend_keep_alive, h.client_keep_alive),
+                (backend_keep_alive, client_keep_alive),
+                "case {case}: {show:?} {client:?}"
+            );
+            assert!(!has_bare_lf(&out));
+            let mut slots = [httparse::EMPTY_HEADER; 128];
+            let mut resp = httparse::Response::new(&mut slots);
+            assert_eq!(
+                resp.parse(&out),
+                Ok(httparse::Status::Complete(out.len())),
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!((resp.version, resp.code), (Some(1), Some(status)));
+            let got: Vec<(String, Vec<u8>)> = resp
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect();
+            assert_eq!(
+                got,
+                expected,
+                "case {case}: {show:?} -> {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
 }
