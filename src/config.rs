@@ -224,6 +224,9 @@ pub struct Config {
     pub access_log: crate::access_log::Format,
     /// io_uring ring depth of each worker.
     pub ring_depth: usize,
+    /// Pin each worker to its own CPU (thread-per-core). Turn off on hosts
+    /// where the balancer shares its CPUs with other busy processes.
+    pub pin_workers: bool,
 }
 
 /// The file as written. Every key but `servers` is optional.
@@ -269,6 +272,7 @@ pub struct FileConfig {
     admin_token: Option<String>,
     access_log: Option<String>,
     ring_depth: Option<usize>,
+    pin_workers: Option<bool>,
 }
 
 /// A `servers` entry: `"host:port"` or `{ address = "host:port", weight = N }`.
@@ -640,6 +644,7 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         admin_token,
         access_log,
         ring_depth,
+        pin_workers: f.pin_workers.unwrap_or(true),
     })
 }
 

@@ -328,8 +328,8 @@ pub fn evaluate(needs: &Needs, facts: &Facts) -> Report {
         r.warnings.push(format!(
             "RLIMIT_NOFILE is {soft} but this configuration may need about {need_fds} file descriptors \
              ({} workers x ({} pooled connections x {} servers + {CLIENT_FDS_PER_WORKER} client connections) \
-             + {} spare); beyond it clients get 503 (max_client_connections) and connects fail with EMFILE; raise it: systemd LimitNOFILE=1048576, \
-             shell `ulimit -n {need_fds}` (hard limit {hard})",
+             + {} spare); beyond it clients get 503 (max_client_connections) and connects fail with EMFILE; \
+             raise it: systemd LimitNOFILE=1048576, shell `ulimit -n {need_fds}` (hard limit {hard})",
             needs.workers,
             needs.pool_size,
             needs.servers,

@@ -117,7 +117,8 @@ pub async fn handle(
         // Read the snapshot on every try: the balancer's indices refer to the
         // latest one, and a retry may come after a change of the backend set.
         let snap = w.snapshot();
-        let exclude_idx = exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
+        let exclude_idx =
+            exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
         let Some(view) = w
             .pick(&snap, c.peer.ip(), exclude_idx)
             .and_then(|idx| snap.backends.get(idx))

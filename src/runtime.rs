@@ -129,6 +129,7 @@ fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>, reload: A
                 match sig {
                     libc::SIGHUP => {
                         info!("SIGHUP received: reloading the configuration");
+                        crate::sdnotify::reloading();
                         reload.store(true, Ordering::Relaxed);
                     }
                     _ if shutdown.load(Ordering::Relaxed) => {
@@ -141,6 +142,7 @@ fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>, reload: A
                             "shutting down: no new connections, draining in-flight requests"
                         );
                         shutdown.store(true, Ordering::Relaxed);
+                        crate::sdnotify::stopping();
                     }
                 }
             }
@@ -250,7 +252,12 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     for (id, ((control, reports), listener)) in worker_ends.into_iter().zip(listeners).enumerate() {
         let name = format!("ekilibri-w{id}");
         let cpu = cpus[id % cpus.len()];
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let placement = if config.pin_workers {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&name)
             .io_memory(IO_MEMORY);
         builder = builder.ring_depth(config.ring_depth);
@@ -296,6 +303,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         if let Some(a) = admin_addr {
             info!("admin API (metrics, servers, reload) at http://{a}/");
         }
+        crate::sdnotify::ready();
     }
 
     let mut result = Ok(());

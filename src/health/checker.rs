@@ -698,6 +698,9 @@ pub async fn run(parts: HealthParts) {
         }
         if reload.swap(false, Ordering::Relaxed) {
             let _ = health.reload().await;
+            // systemd shows the unit "reloading" until it hears READY again,
+            // whether the reload was applied or refused.
+            crate::sdnotify::ready();
         }
     }
     for s in &health.senders {
