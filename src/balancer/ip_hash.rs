@@ -14,6 +14,9 @@ use crate::health::Snapshot;
 
 /// Ring points per unit of weight.
 const VNODES: usize = 100;
+/// Most points on the ring; larger sets get proportionally fewer points per
+/// backend (at least one), bounding memory and rebuild time.
+const MAX_POINTS: usize = 1 << 20;
 
 /// Client-IP affinity with minimal disruption.
 #[derive(Debug, Default)]
@@ -21,15 +24,41 @@ pub struct IpHash {
     ring: Vec<(u64, usize)>,
     up: Vec<bool>,
     distinct_up: usize,
+    /// (name, weight) of every backend the ring was built for: health
+    /// changes only refresh `up`; the ring is rebuilt when the set changes.
+    built_for: Vec<(String, u32)>,
 }
 
 /// FNV-1a followed by a 64-bit finaliser: stable across runs and platforms.
 pub(crate) fn hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    finish(fnv(0xcbf2_9ce4_8422_2325, bytes))
+}
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h
+}
+
+/// Hash of "name#v" without building the string.
+fn point_hash(name_hash: u64, v: usize) -> u64 {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = v;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    finish(fnv(name_hash, &digits[i..]))
+}
+
+fn finish(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -46,15 +75,41 @@ fn ip_hash(ip: IpAddr) -> u64 {
 
 impl Balancer for IpHash {
     fn update(&mut self, snapshot: &Snapshot) {
-        self.ring.clear();
-        for (i, b) in snapshot.backends.iter().enumerate() {
-            let points = VNODES * b.backend.weight.max(1) as usize;
-            for v in 0..points {
-                let key = format!("{}#{v}", b.backend.name);
-                self.ring.push((hash(key.as_bytes()), i));
+        let set_changed = self.built_for.len() != snapshot.backends.len()
+            || self
+                .built_for
+                .iter()
+                .zip(&snapshot.backends)
+                .any(|((n, w), b)| *n != b.backend.name || *w != b.backend.weight);
+        if set_changed {
+            self.ring.clear();
+            let wanted: usize = snapshot
+                .backends
+                .iter()
+                .map(|b| VNODES * b.backend.weight.max(1) as usize)
+                .sum();
+            for (i, b) in snapshot.backends.iter().enumerate() {
+                let full = VNODES * b.backend.weight.max(1) as usize;
+                let points = if wanted > MAX_POINTS {
+                    (full * MAX_POINTS / wanted).max(1)
+                } else {
+                    full
+                };
+                let name_hash = fnv(
+                    0xcbf2_9ce4_8422_2325,
+                    format!("{}#", b.backend.name).as_bytes(),
+                );
+                for v in 0..points {
+                    self.ring.push((point_hash(name_hash, v), i));
+                }
             }
+            self.ring.sort_unstable();
+            self.built_for = snapshot
+                .backends
+                .iter()
+                .map(|b| (b.backend.name.clone(), b.backend.weight))
+                .collect();
         }
-        self.ring.sort_unstable();
         self.up = snapshot.backends.iter().map(|b| b.routable()).collect();
         self.distinct_up = self.up.iter().filter(|&&u| u).count();
     }
@@ -116,6 +171,17 @@ mod tests {
             } else {
                 assert_ne!(now, 2);
             }
+        }
+    }
+
+    #[test]
+    fn point_hash_matches_the_string_form() {
+        let name_hash = fnv(0xcbf2_9ce4_8422_2325, b"127.0.0.1:80#");
+        for v in [0usize, 7, 99, 12345] {
+            assert_eq!(
+                point_hash(name_hash, v),
+                hash(format!("127.0.0.1:80#{v}").as_bytes())
+            );
         }
     }
 

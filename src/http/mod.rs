@@ -97,7 +97,7 @@ pub(crate) fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
 /// End (exclusive, after the LF) of the line containing `pos`.
 #[inline]
 pub(crate) fn line_end(buf: &[u8], pos: usize) -> usize {
-    match buf[pos..].iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', &buf[pos..]) {
         Some(i) => pos + i + 1,
         None => buf.len(),
     }
@@ -107,14 +107,7 @@ pub(crate) fn line_end(buf: &[u8], pos: usize) -> usize {
 /// line endings; a proxy that does not reject them can disagree with the
 /// backend on where the head ends.
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// Appends a decimal number without going through `fmt`.
