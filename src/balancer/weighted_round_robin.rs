@@ -137,7 +137,7 @@ mod tests {
         b.update(&s);
         assert_eq!(b.schedule.len(), 3);
         let weights: Vec<u32> = (0..200).map(|i| 997 + (i % 3)).collect();
-        let s = snapshot(&weights, &vec![true; 200]);
+        let s = snapshot(&weights, &[true; 200]);
         b.update(&s);
         assert!(b.schedule.is_empty() && !b.live.is_empty());
         let mut counts = vec![0u32; 200];

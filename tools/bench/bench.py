@@ -341,7 +341,8 @@ def haproxy_maxconn() -> int:
 def write_configs(name: str, port: int, backends: list[int], workers: int, cfgdir: Path,
                   pin_cpus: list[int] | None = None) -> Path:
     """Writes a contender's config. pin_cpus: pin worker i to pin_cpus[i] (ekilibri
-    always pins its workers itself; this gives nginx and HAProxy the same layout)."""
+    pins its own workers one per CPU with pin_workers; this gives nginx and HAProxy
+    the same layout). Without pin_cpus every contender's workers float."""
     servers = [f"127.0.0.1:{p}" for p in backends]
     if name == "ekilibri":
         # nginx keeps up to 256 idle upstream connections per worker in total;
@@ -360,6 +361,9 @@ def write_configs(name: str, port: int, backends: list[int], workers: int, cfgdi
             "read_timeout = 60000\n"
             "write_timeout = 60000\n"
             'health_check_path = "/health"\n'
+            'admin_listen = ""\n'
+            "# pinned like nginx/HAProxy when they are pinned (--no-pin-workers lets all float)\n"
+            f"pin_workers = {'true' if pin_cpus else 'false'}\n"
         )
         return path
     if name == "nginx":
@@ -1140,8 +1144,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--cpus-client", help="taskset CPU list for wrk/loadgen (default: no pinning)")
     ap.add_argument("--cpus-backend", help="taskset CPU list for the backends (default: no pinning)")
     ap.add_argument("--no-pin-workers", action="store_true",
-                    help="let nginx workers and HAProxy threads float (default: pinned one per CPU, "
-                         "as ekilibri always pins its workers)")
+                    help="let every proxy's workers float (ekilibri pin_workers = false; default: "
+                         "pinned one per CPU for all contenders)")
     ap.add_argument("--syscalls", action="store_true",
                     help="also count each proxy's syscalls per request (perf stat and strace -c)")
     ap.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
@@ -1219,7 +1223,7 @@ def main(argv: list[str]) -> int:
                                           ("backends", s.cpus_backend)) if v}
     pin["proxy workers"] = (f"one per CPU ({','.join(map(str, s.pin_cpus))}; ekilibri pins itself, nginx "
                             "worker_cpu_affinity, HAProxy cpu-map)" if s.pin_cpus
-                            else "nginx/HAProxy float, ekilibri pins itself")
+                            else "all contenders' workers float (ekilibri pin_workers = false)")
     results: dict[str, Any] = {
         "meta": {
             "started": started.strftime("%Y-%m-%d %H:%M:%S"),
