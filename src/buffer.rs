@@ -81,6 +81,16 @@ impl IoBuf {
         }
     }
 
+    /// Grows the buffer to at least `n` bytes (bounded by its limit) so a
+    /// long body is relayed in large reads; [`IoBuf::shrink_if_idle`] gives
+    /// the memory back once the connection is idle.
+    pub fn ensure_capacity(&mut self, n: usize) {
+        let n = n.min(self.max);
+        if self.data.len() < n {
+            self.data.resize(n, 0);
+        }
+    }
+
     /// The free tail to read into, making room first (compact, then grow).
     fn spare(&mut self) -> &mut [u8] {
         if self.end == self.data.len() {

@@ -32,8 +32,13 @@ use crate::http::request::{self, RequestHead};
 use crate::proxy::{self, Served};
 use crate::worker::Worker;
 
-/// Initial client read buffer; grows to `max_header_bytes` for large heads.
-pub const CLIENT_BUF: usize = 8 * 1024;
+/// Initial client read buffer: most request heads fit. It grows for large
+/// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]),
+/// and shrinks back when the connection goes idle, so an idle keep-alive
+/// connection costs little memory.
+pub const CLIENT_BUF: usize = 4 * 1024;
+/// Read size while streaming a long request body.
+pub const BODY_BUF: usize = 64 * 1024;
 
 /// The client side of one connection.
 pub struct Client {
@@ -56,11 +61,11 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
     let max = w.config().max_header_bytes;
     let mut client = Client {
         stream,
-        buf: IoBuf::new(CLIENT_BUF, max + CLIENT_BUF),
+        buf: IoBuf::new(CLIENT_BUF, (max + CLIENT_BUF).max(BODY_BUF)),
         peer,
     };
-    let mut head_out = Vec::with_capacity(1024);
-    let mut resp_out = Vec::with_capacity(1024);
+    let mut head_out = Vec::new();
+    let mut resp_out = Vec::new();
     let mut first = true;
     loop {
         let req = match read_head(&w, &mut client, &mut head_out, guard.id, first).await {

@@ -440,6 +440,7 @@ async fn send_request(
             conn.stream.write_all(head_out).await.map_err(be)?;
             maybe_continue(w, c, req, state).await?;
             state.consumed = true;
+            c.buf.ensure_capacity(crate::connection::BODY_BUF);
             let _ = c
                 .stream
                 .set_read_timeout(Some(w.config().client_body_timeout));
@@ -471,6 +472,7 @@ async fn send_request(
             conn.stream.write_all(head_out).await.map_err(be)?;
             maybe_continue(w, c, req, state).await?;
             state.consumed = true;
+            c.buf.ensure_capacity(crate::connection::BODY_BUF);
             let _ = c
                 .stream
                 .set_read_timeout(Some(w.config().client_body_timeout));
