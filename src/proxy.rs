@@ -373,7 +373,8 @@ async fn attempt(
             retries: 0,
         });
     }
-    match relay_body(w, c, &mut conn, &head, resp_out).await {
+    let mut wrote = true;
+    match relay_body(w, c, &mut conn, &head, resp_out, &mut wrote).await {
         Ok(bytes) => {
             if head.status < 500 {
                 w.report_success(view);
@@ -391,6 +392,10 @@ async fn attempt(
             })
         }
         Err(e) => {
+            if !wrote && e.source_side() == ErrorSource::Backend {
+                // Nothing reached the client yet: answer with an error.
+                return Attempt::Fail(e, false);
+            }
             debug!(backend = %backend.name, "response relay aborted: {e}");
             if e.source_side() == ErrorSource::Backend
                 && let Some(kind) = failure_kind(&e)
@@ -568,7 +573,11 @@ async fn relay_body(
     conn: &mut BackendConn,
     head: &ResponseHead,
     resp_out: &mut Vec<u8>,
+    wrote: &mut bool,
 ) -> Result<u64, ProxyError> {
+    // Every branch but a chunked body failing before its first write sends
+    // the head before anything can fail on the backend side.
+    *wrote = true;
     let _ = w;
     let ce = ProxyError::ClientIo;
     match head.body {
@@ -626,9 +635,13 @@ async fn relay_body(
                         .decode(conn.buf.filled(), &mut out)
                         .map_err(ProxyError::BadResponse)?;
                     conn.buf.consume(used);
-                    if dec.is_done()
-                        || !out.is_empty() && conn.buf.is_empty()
-                        || out.len() >= COALESCE
+                    // The head goes out with the first decoded bytes, so a body
+                    // that is invalid from its first chunk still gets a 502.
+                    let first_ok = total > 0 || dec.payload > 0 || dec.is_done();
+                    if first_ok
+                        && (dec.is_done()
+                            || !out.is_empty() && conn.buf.is_empty()
+                            || out.len() >= COALESCE)
                     {
                         c.stream.write_all(&out).await.map_err(ce)?;
                         total += out.len() as u64;
@@ -654,6 +667,9 @@ async fn relay_body(
             .await;
             out.clear();
             *resp_out = out;
+            if r.is_err() && total == 0 {
+                *wrote = false;
+            }
             r
         }
         BodyFraming::UntilClose => {

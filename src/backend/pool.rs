@@ -48,6 +48,26 @@ impl Drop for BackendConn {
     }
 }
 
+/// True when an idle connection has nothing to read and is still open: a
+/// non-blocking one-byte `MSG_PEEK` must find no data (`EAGAIN`). One cheap
+/// syscall per reuse, the price of never handing a client bytes that were
+/// not an answer to its request.
+fn idle_and_clean(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv(2) writes at most one byte into `byte`, which outlives
+    // the call; the fd is owned by `stream` and open.
+    let r = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
 /// Idle connections per backend, for one worker.
 #[derive(Debug, Default)]
 pub struct Pool {
@@ -83,6 +103,12 @@ impl Pool {
             if let Some(t) = self.idle_timeout
                 && c.idle_since.elapsed() > t
             {
+                continue;
+            }
+            if !idle_and_clean(&c.stream) {
+                // Closed by the backend, or it sent bytes nobody asked for
+                // (a late or unsolicited response): never relay those as the
+                // answer to the next request.
                 continue;
             }
             c.reused = true;

@@ -192,7 +192,9 @@ pub fn parse(
                         conn_keep_alive = true;
                     } else if tok.eq_ignore_ascii_case(b"upgrade") {
                         conn_upgrade = true;
-                    } else {
+                    } else if !tok.eq_ignore_ascii_case(b"host") {
+                        // A forwarded HTTP/1.1 request must keep its Host,
+                        // whatever the client's Connection header names.
                         conn_tokens.push(tok);
                     }
                 }
@@ -952,5 +954,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// RFC 9110 §7.6.1 has proxies drop the fields a `Connection` header
+    /// names, but a forwarded HTTP/1.1 request must still carry Host.
+    #[test]
+    fn connection_option_cannot_strip_host() {
+        let (_, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n");
+        assert!(out.contains("\r\nHost: a\r\n"), "{out:?}");
     }
 }
