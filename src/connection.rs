@@ -183,12 +183,22 @@ async fn read_head(
 ) -> Result<Option<RequestHead>, ProxyError> {
     let cfg = w.config();
     let mut started: Option<Instant> = None;
+    // Bytes already parsed without finding a complete head: a head can only
+    // complete (or a line turn out malformed) when a LF arrives, so a client
+    // trickling bytes does not make us re-parse the whole buffer per read.
+    let mut parsed = 0usize;
     loop {
         if !c.buf.is_empty() {
-            if let Some(head) =
-                request::parse(c.buf.filled(), cfg.max_header_bytes, c.peer.ip(), out)?
-            {
-                return Ok(Some(head));
+            let filled = c.buf.filled();
+            let new = &filled[parsed.min(filled.len())..];
+            if parsed == 0 || memchr::memchr(b'\n', new).is_some() {
+                if let Some(head) = request::parse(filled, cfg.max_header_bytes, c.peer.ip(), out)?
+                {
+                    return Ok(Some(head));
+                }
+                parsed = filled.len();
+            } else {
+                request::check_partial_limits(filled, cfg.max_header_bytes)?;
             }
             started.get_or_insert_with(Instant::now);
         }

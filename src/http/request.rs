@@ -352,6 +352,18 @@ pub fn parse(
     }))
 }
 
+/// The size limits [`parse`] applies to an incomplete head, for callers that
+/// skip parsing while no new line has arrived.
+pub fn check_partial_limits(buf: &[u8], max_header_bytes: usize) -> Result<(), ProxyError> {
+    if buf.len() > MAX_REQUEST_LINE && memchr::memchr(b'\n', &buf[..MAX_REQUEST_LINE]).is_none() {
+        return Err(ProxyError::UriTooLong);
+    }
+    if buf.len() >= max_header_bytes {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    Ok(())
+}
+
 /// True when the request line ends in a well-formed `HTTP/x.y` other than 1.0/1.1.
 fn looks_like_other_version(buf: &[u8]) -> bool {
     let line_len = buf

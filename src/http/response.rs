@@ -163,9 +163,12 @@ pub fn parse(
     } else {
         BodyFraming::UntilClose
     };
+    // An HTTP/1.0 message with Transfer-Encoding has faulty framing (RFC
+    // 9112 §6.1): relay it, then close the backend connection.
     let backend_keep_alive = !interim
         && !switching
         && body != BodyFraming::UntilClose
+        && !(minor == 0 && te_seen)
         && if minor == 1 {
             !conn_close
         } else {
@@ -520,6 +523,7 @@ mod tests {
             let backend_keep_alive = !interim
                 && !switching
                 && body != BodyFraming::UntilClose
+                && !(minor == 0 && te)
                 && if minor == 1 {
                     !tok("close")
                 } else {
