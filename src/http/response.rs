@@ -165,10 +165,11 @@ pub fn parse(
     };
     // An HTTP/1.0 message with Transfer-Encoding has faulty framing (RFC
     // 9112 §6.1): relay it, then close the backend connection.
+    let faulty_framing = minor == 0 && te_seen;
     let backend_keep_alive = !interim
         && !switching
         && body != BodyFraming::UntilClose
-        && !(minor == 0 && te_seen)
+        && !faulty_framing
         && if minor == 1 {
             !conn_close
         } else {
@@ -520,10 +521,11 @@ mod tests {
                 } else {
                     BodyFraming::UntilClose
                 };
+            let faulty_framing = minor == 0 && te;
             let backend_keep_alive = !interim
                 && !switching
                 && body != BodyFraming::UntilClose
-                && !(minor == 0 && te)
+                && !faulty_framing
                 && if minor == 1 {
                     !tok("close")
                 } else {
