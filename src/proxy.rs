@@ -153,8 +153,12 @@ pub async fn handle(
         } else {
             w.pool.borrow_mut().take(backend.id)
         };
-        let outcome = match pooled {
-            Some(conn) => {
+        let conn = match pooled {
+            Some(conn) => Ok(conn),
+            None => connect(w, backend).await,
+        };
+        let outcome = match conn {
+            Ok(conn) => {
                 attempt(
                     w,
                     c,
@@ -168,24 +172,8 @@ pub async fn handle(
                 )
                 .await
             }
-            None => match connect(w, backend).await {
-                Ok(conn) => {
-                    attempt(
-                        w,
-                        c,
-                        req,
-                        head_out,
-                        resp_out,
-                        conn,
-                        view,
-                        body_in_buf,
-                        &mut state,
-                    )
-                    .await
-                }
-                // The request never left: always safe to send elsewhere.
-                Err(e) => Attempt::Fail(e, true),
-            },
+            // The request never left: always safe to send elsewhere.
+            Err(e) => Attempt::Fail(e, true),
         };
         match outcome {
             Attempt::Done(served) => {

@@ -103,6 +103,38 @@ pub(crate) fn line_end(buf: &[u8], pos: usize) -> usize {
     }
 }
 
+/// Appends the header lines of `buf` that `keep` accepts to `out`, copying
+/// runs of consecutive kept lines with one copy each (the original bytes,
+/// line endings included). `headers` are httparse's slices into `buf`.
+pub(crate) fn copy_kept_lines<'b>(
+    buf: &[u8],
+    headers: &[httparse::Header<'b>],
+    out: &mut Vec<u8>,
+    mut keep: impl FnMut(&httparse::Header<'b>) -> bool,
+) {
+    let mut run: Option<std::ops::Range<usize>> = None;
+    for h in headers {
+        let name = h.name.as_bytes();
+        let start = offset_in(buf, name);
+        let end = line_end(buf, start + name.len());
+        if keep(h) {
+            match &mut run {
+                Some(r) if r.end == start => r.end = end,
+                r => {
+                    if let Some(prev) = r.replace(start..end) {
+                        out.extend_from_slice(&buf[prev]);
+                    }
+                }
+            }
+        } else if let Some(prev) = run.take() {
+            out.extend_from_slice(&buf[prev]);
+        }
+    }
+    if let Some(prev) = run {
+        out.extend_from_slice(&buf[prev]);
+    }
+}
+
 /// True when every LF in `head` is preceded by CR. httparse accepts bare LF
 /// line endings; a proxy that does not reject them can disagree with the
 /// backend on where the head ends.

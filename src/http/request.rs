@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::ops::Range;
 
 use super::{
-    BodyFraming, has_bare_lf, is_hop_by_hop, line_end, list_elements, offset_in,
+    BodyFraming, copy_kept_lines, has_bare_lf, is_hop_by_hop, line_end, list_elements, offset_in,
     parse_content_length, push_decimal,
 };
 use crate::error::ProxyError;
@@ -276,13 +276,10 @@ pub fn parse(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut run: Option<Range<usize>> = None;
     let mut xff_values: Vec<&[u8]> = Vec::new();
-    for h in headers {
+    copy_kept_lines(buf, headers, out, |h| {
         let name = h.name.as_bytes();
-        let start = offset_in(buf, name);
-        let end = line_end(buf, start + name.len());
-        let keep = if is_hop_by_hop(name) {
+        if is_hop_by_hop(name) {
             upgrade && name.eq_ignore_ascii_case(b"upgrade")
         } else if name.len() == 15 && name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff_values.push(super::trim_ows(h.value));
@@ -291,25 +288,8 @@ pub fn parse(
             false
         } else {
             !name.contains(&b'_') && !conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
-        };
-        match (&mut run, keep) {
-            (Some(r), true) if r.end == start => r.end = end,
-            (r, true) => {
-                if let Some(prev) = r.take() {
-                    out.extend_from_slice(&buf[prev]);
-                }
-                *r = Some(start..end);
-            }
-            (r, false) => {
-                if let Some(prev) = r.take() {
-                    out.extend_from_slice(&buf[prev]);
-                }
-            }
         }
-    }
-    if let Some(prev) = run {
-        out.extend_from_slice(&buf[prev]);
-    }
+    });
     debug_assert!(xff_values.len() == xff_count as usize);
     if minor == 0 && host_count == 0 {
         // A 1.1 request must carry Host; an empty one is valid when the

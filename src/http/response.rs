@@ -10,11 +10,10 @@
 //! 502 so it can never desynchronise the client connection.
 
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 use super::request::MAX_HEADERS;
 use super::{
-    BodyFraming, has_bare_lf, is_hop_by_hop, line_end, list_elements, offset_in,
+    BodyFraming, copy_kept_lines, has_bare_lf, is_hop_by_hop, line_end, list_elements,
     parse_content_length, push_decimal,
 };
 use crate::error::ProxyError;
@@ -190,34 +189,14 @@ pub fn parse(
     out.extend_from_slice(b"HTTP/1.1");
     // httparse validated "HTTP/1.x" (8 bytes) at `start`.
     out.extend_from_slice(&buf[start + 8..status_end]);
-    let mut run: Option<Range<usize>> = None;
-    for h in headers {
+    copy_kept_lines(buf, headers, out, |h| {
         let name = h.name.as_bytes();
-        let hs = offset_in(buf, name);
-        let he = line_end(buf, hs + name.len());
-        let keep = if is_hop_by_hop(name) {
+        if is_hop_by_hop(name) {
             switching && name.eq_ignore_ascii_case(b"upgrade")
         } else {
             !conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
-        };
-        match (&mut run, keep) {
-            (Some(r), true) if r.end == hs => r.end = he,
-            (r, true) => {
-                if let Some(prev) = r.take() {
-                    out.extend_from_slice(&buf[prev]);
-                }
-                *r = Some(hs..he);
-            }
-            (r, false) => {
-                if let Some(prev) = r.take() {
-                    out.extend_from_slice(&buf[prev]);
-                }
-            }
         }
-    }
-    if let Some(prev) = run {
-        out.extend_from_slice(&buf[prev]);
-    }
+    });
     match body {
         BodyFraming::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
