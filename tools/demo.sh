@@ -48,6 +48,7 @@ servers = ["127.0.0.1:${PORTS[0]}", "127.0.0.1:${PORTS[1]}", "127.0.0.1:${PORTS[
 strategy = "RoundRobin"
 health_check_interval = 200
 workers = 1
+admin_listen = "127.0.0.1:0"
 CFG
 RUST_LOG=info "$BIN/ekilibri" -f "$TMP/ekilibri.toml" 2>"$TMP/ekilibri.log" &
 EK=$!
@@ -66,6 +67,12 @@ sleep 0.6
 echo "==> six more requests (the dead backend is skipped):"
 for _ in 1 2 3 4 5 6; do printf '    %s' "$(curl -s "$URL/")"; echo; done
 grep -E "backend is down" "$TMP/ekilibri.log" | sed 's/^.*WARN [a-z:]*: /==> log: /' | head -1
+ADMIN=$(grep -o 'at http://[0-9.:]*/' "$TMP/ekilibri.log" | head -1 | sed 's/^at //')
+if [ -n "$ADMIN" ]; then
+    echo "==> admin API at $ADMIN: backends and request counts"
+    { curl -s "${ADMIN}servers" | grep -o '"address":"[^"]*"\|"health":"[a-z]*"' | paste - - | sed 's/^/    /'; } || true
+    { curl -s "${ADMIN}metrics" | grep '^lb_requests_total' | sed 's/^/    /'; } || true
+fi
 
 if [ "$SERVE" = 1 ]; then
     echo "==> serving on $URL until Ctrl-C (try: curl $URL/)"
