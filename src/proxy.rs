@@ -177,7 +177,9 @@ pub async fn handle(
         };
         match outcome {
             Attempt::Done(served) => {
-                w.metrics.record_attempt(backend.id, served.from_backend);
+                // A client that went away (499) is not a backend failure.
+                w.metrics
+                    .record_attempt(backend.id, served.from_backend || served.status == 499);
                 break Ok(served);
             }
             Attempt::Stale if !stale_retry_used => {
