@@ -85,6 +85,30 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> 
     Ok(s)
 }
 
+/// Refuses to start on an address another process already listens on.
+/// SO_REUSEPORT would otherwise let a second instance (or a stale one) bind
+/// the same port silently and take a share of the traffic: a probe bound
+/// *without* SO_REUSEPORT fails with `EADDRINUSE` exactly then.
+fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                "address already in use: another process (another ekilibri?) is listening there",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// Creates the admin listening socket (no SO_REUSEPORT: one owner).
 fn bind_admin(addr: SocketAddr) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv6() {
@@ -155,6 +179,12 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
     let n = config.workers;
 
+    if config.listen.port() != 0 {
+        ensure_port_free(config.listen).map_err(|source| RuntimeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    }
     let first = bind_listener(config.listen, config.listen_backlog).map_err(|source| {
         RuntimeError::Bind {
             addr: config.listen,

@@ -216,3 +216,21 @@ fn shipped_config_passes_check() {
     assert!(path.exists(), "{} is missing", path.display());
     check_ok(path);
 }
+
+#[test]
+fn second_instance_on_the_same_port_is_refused() {
+    // SO_REUSEPORT would let a second balancer share the port silently.
+    let first = spawn_balancer(&good_config(), &[]);
+    let cfg = good_config().with("listen", &format!("\"127.0.0.1:{}\"", first.port));
+    let file = write_temp_file(&cfg.to_toml(), ".toml");
+    let r = run_balancer_to_exit(&[OsStr::new("-f"), file.path.as_os_str()], EXIT_TIMEOUT);
+    assert_eq!(r.status.code(), Some(1), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("already in use"), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&first.port.to_string()),
+        "stderr: {}",
+        r.stderr
+    );
+    // The first instance still serves.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", first.port)).is_ok());
+}
