@@ -103,18 +103,30 @@ struct Request {
     body: Vec<u8>,
 }
 
+/// Reads once into `chunk` and appends to `into`; end of stream is a 400
+/// saying what was incomplete.
+async fn read_more(
+    s: &mut TcpStream,
+    chunk: &mut [u8],
+    into: &mut Vec<u8>,
+    incomplete: &'static str,
+) -> Result<(), Reply> {
+    let n = s
+        .read(chunk)
+        .await
+        .map_err(|_| Reply::error(400, "read failed"))?;
+    if n == 0 {
+        return Err(Reply::error(400, incomplete));
+    }
+    into.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
 async fn read_request(s: &mut TcpStream) -> Result<Request, Reply> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = s
-            .read(&mut chunk)
-            .await
-            .map_err(|_| Reply::error(400, "read failed"))?;
-        if n == 0 {
-            return Err(Reply::error(400, "incomplete request"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(s, &mut chunk, &mut buf, "incomplete request").await?;
         let mut slots: [MaybeUninit<httparse::Header<'_>>; 64] =
             [const { MaybeUninit::uninit() }; 64];
         let mut req = httparse::Request::new(&mut []);
@@ -141,14 +153,7 @@ async fn read_request(s: &mut TcpStream) -> Result<Request, Reply> {
                 }
                 let mut body = buf[head_len..].to_vec();
                 while body.len() < content_length {
-                    let n = s
-                        .read(&mut chunk)
-                        .await
-                        .map_err(|_| Reply::error(400, "read failed"))?;
-                    if n == 0 {
-                        return Err(Reply::error(400, "incomplete body"));
-                    }
-                    body.extend_from_slice(&chunk[..n]);
+                    read_more(s, &mut chunk, &mut body, "incomplete body").await?;
                 }
                 body.truncate(content_length);
                 return Ok(Request {
