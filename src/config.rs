@@ -8,7 +8,7 @@
 //! state: hot changes of the backend set go through the health executor.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -227,6 +227,32 @@ pub struct Config {
     /// Pin each worker to its own CPU (thread-per-core). Turn off on hosts
     /// where the balancer shares its CPUs with other busy processes.
     pub pin_workers: bool,
+    /// Cluster mode: the etcd registry shared with other instances, if any.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Default etcd key prefix of cluster mode.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/ekilibri/default/";
+/// Default time limit of one etcd call, connecting included.
+pub const DEFAULT_CLUSTER_TIMEOUT_MS: u64 = 2000;
+
+/// The `[cluster]` section: where the shared backend registry lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://host:port` or `https://host:port`).
+    pub endpoints: Vec<String>,
+    /// Key prefix; starts and ends with `/`.
+    pub prefix: String,
+    /// Time limit of one etcd call.
+    pub timeout: Duration,
+    /// etcd user name and password.
+    pub user: Option<(String, String)>,
+    /// CA certificate (PEM) that signs the etcd servers' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 /// The file as written. Every key but `servers` is optional.
@@ -273,6 +299,21 @@ pub struct FileConfig {
     access_log: Option<String>,
     ring_depth: Option<usize>,
     pin_workers: Option<bool>,
+    cluster: Option<ClusterTable>,
+}
+
+/// The `[cluster]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterTable {
+    etcd: Option<Vec<String>>,
+    prefix: Option<String>,
+    timeout: Option<u64>,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 /// A `servers` entry: `"host:port"` or `{ address = "host:port", weight = N }`.
@@ -596,6 +637,11 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         })?,
     };
 
+    let cluster = match f.cluster {
+        None => None,
+        Some(t) => Some(validate_cluster(t).map_err(|(key, message)| invalid(key, message))?),
+    };
+
     let ring_depth = f.ring_depth.unwrap_or(DEFAULT_RING_DEPTH);
     if !(32..=32768).contains(&ring_depth) || !ring_depth.is_power_of_two() {
         return Err(invalid(
@@ -645,6 +691,126 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         access_log,
         ring_depth,
         pin_workers: f.pin_workers.unwrap_or(true),
+        cluster,
+    })
+}
+
+/// Checks the `[cluster]` table; errors name the key.
+fn validate_cluster(t: ClusterTable) -> Result<ClusterConfig, (&'static str, String)> {
+    let endpoints = t.etcd.ok_or((
+        "cluster.etcd",
+        "is required: list the etcd client URLs, e.g. [\"http://127.0.0.1:2379\"]".to_string(),
+    ))?;
+    if endpoints.is_empty() {
+        return Err((
+            "cluster.etcd",
+            "is empty: list at least one etcd client URL".into(),
+        ));
+    }
+    let mut https = 0;
+    for e in &endpoints {
+        let rest = if let Some(r) = e.strip_prefix("https://") {
+            https += 1;
+            r
+        } else if let Some(r) = e.strip_prefix("http://") {
+            r
+        } else {
+            return Err((
+                "cluster.etcd",
+                format!("`{e}` is not an http:// or https:// URL"),
+            ));
+        };
+        let hostport = rest.strip_suffix('/').unwrap_or(rest);
+        let ok = match hostport.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty()
+                    && !host.contains(['/', '?', '#', '@', ' '])
+                    && port.parse::<u16>().is_ok_and(|p| p != 0)
+            }
+            None => false,
+        };
+        if !ok {
+            return Err((
+                "cluster.etcd",
+                format!("`{e}` needs a host and a port, e.g. http://127.0.0.1:2379"),
+            ));
+        }
+    }
+    if https != 0 && https != endpoints.len() {
+        return Err((
+            "cluster.etcd",
+            "mixes http:// and https:// endpoints: use one scheme for all".into(),
+        ));
+    }
+    let prefix = t
+        .prefix
+        .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_string());
+    if !prefix.starts_with('/')
+        || !prefix.ends_with('/')
+        || prefix.len() < 2
+        || prefix.bytes().any(|b| !b.is_ascii_graphic())
+    {
+        return Err((
+            "cluster.prefix",
+            format!(
+                "`{prefix}` must start and end with `/` and hold printable characters only, e.g. \"/ekilibri/prod/\""
+            ),
+        ));
+    }
+    let timeout = t.timeout.unwrap_or(DEFAULT_CLUSTER_TIMEOUT_MS);
+    if !(100..=60_000).contains(&timeout) {
+        return Err((
+            "cluster.timeout",
+            format!("{timeout} ms is out of range 100..=60000"),
+        ));
+    }
+    let user = match (t.username, t.password) {
+        (None, None) => None,
+        (Some(u), Some(p)) if !u.is_empty() => Some((u, p)),
+        (Some(_), Some(_)) => return Err(("cluster.username", "is empty".into())),
+        (Some(_), None) => return Err(("cluster.password", "is required with `username`".into())),
+        (None, Some(_)) => return Err(("cluster.username", "is required with `password`".into())),
+    };
+    let tls_files = [
+        ("cluster.ca_file", &t.ca_file),
+        ("cluster.cert_file", &t.cert_file),
+        ("cluster.key_file", &t.key_file),
+    ];
+    for (key, file) in tls_files {
+        if let Some(path) = file {
+            if https == 0 {
+                return Err((
+                    key,
+                    "is set but the etcd endpoints are http://: use https:// URLs for TLS".into(),
+                ));
+            }
+            if let Err(e) = std::fs::metadata(path) {
+                return Err((key, format!("cannot read `{}`: {e}", path.display())));
+            }
+        }
+    }
+    if t.cert_file.is_some() != t.key_file.is_some() {
+        let key = if t.cert_file.is_some() {
+            "cluster.key_file"
+        } else {
+            "cluster.cert_file"
+        };
+        return Err((key, "cert_file and key_file go together".into()));
+    }
+    if https != 0 && t.ca_file.is_none() {
+        return Err((
+            "cluster.ca_file",
+            "is required with https:// endpoints: the CA that signs the etcd certificates".into(),
+        ));
+    }
+    Ok(ClusterConfig {
+        endpoints,
+        prefix,
+        timeout: Duration::from_millis(timeout),
+        user,
+        ca_file: t.ca_file,
+        cert_file: t.cert_file,
+        key_file: t.key_file,
     })
 }
 
@@ -778,5 +944,93 @@ pool_size = "ten""#);
         let e = err(r#"servers = [{ address = "127.0.0.1:1", weight = 0 }]"#);
         assert!(e.contains("weight"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn cluster_section() {
+        let base = "servers = ['127.0.0.1:1']\n[cluster]\n";
+        let c = p(&format!(
+            "{base}etcd = ['http://127.0.0.1:2379', 'http://10.0.0.2:2379/']"
+        ))
+        .unwrap();
+        let cl = c.cluster.expect("cluster section");
+        assert_eq!(cl.prefix, DEFAULT_CLUSTER_PREFIX);
+        assert_eq!(
+            cl.timeout,
+            Duration::from_millis(DEFAULT_CLUSTER_TIMEOUT_MS)
+        );
+        assert_eq!(cl.endpoints.len(), 2);
+        assert!(p("servers = ['127.0.0.1:1']").unwrap().cluster.is_none());
+        let c = p(&format!(
+            "{base}etcd = ['http://e:2379']\nprefix = '/ekilibri/prod/'\ntimeout = 500\nusername = 'u'\npassword = 'p'"
+        ))
+        .unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!(cl.user, Some(("u".into(), "p".into())));
+        assert_eq!(cl.timeout, Duration::from_millis(500));
+        for (body, key, what) in [
+            ("prefix = '/x/'", "cluster.etcd", "required"),
+            ("etcd = []", "cluster.etcd", "empty"),
+            ("etcd = ['ftp://e:1']", "cluster.etcd", "http://"),
+            ("etcd = ['http://e']", "cluster.etcd", "port"),
+            ("etcd = ['http://e:0']", "cluster.etcd", "port"),
+            (
+                "etcd = ['http://e:1', 'https://f:1']",
+                "cluster.etcd",
+                "mixes",
+            ),
+            (
+                "etcd = ['http://e:1']\nprefix = 'x/'",
+                "cluster.prefix",
+                "start",
+            ),
+            (
+                "etcd = ['http://e:1']\nprefix = '/x'",
+                "cluster.prefix",
+                "end",
+            ),
+            (
+                "etcd = ['http://e:1']\nprefix = '/a b/'",
+                "cluster.prefix",
+                "printable",
+            ),
+            (
+                "etcd = ['http://e:1']\ntimeout = 5",
+                "cluster.timeout",
+                "range",
+            ),
+            (
+                "etcd = ['http://e:1']\nusername = 'u'",
+                "cluster.password",
+                "required",
+            ),
+            (
+                "etcd = ['http://e:1']\npassword = 'p'",
+                "cluster.username",
+                "required",
+            ),
+            ("etcd = ['https://e:1']", "cluster.ca_file", "required"),
+            (
+                "etcd = ['http://e:1']\nca_file = '/etc/hostname'",
+                "cluster.ca_file",
+                "https",
+            ),
+            (
+                "etcd = ['https://e:1']\nca_file = '/nonexistent/ca.pem'",
+                "cluster.ca_file",
+                "cannot read",
+            ),
+            (
+                "etcd = ['https://e:1']\nca_file = '/etc/hostname'\ncert_file = '/etc/hostname'",
+                "cluster.key_file",
+                "together",
+            ),
+        ] {
+            let e = err(&format!("{base}{body}"));
+            assert!(e.contains(key) && e.contains(what), "{body}: {e}");
+            assert!(!e.contains('\n'));
+        }
+        let e = err(&format!("{base}etcd = ['http://e:1']\nendpoints = 1"));
+        assert!(e.contains("endpoints"), "{e}");
     }
 }
