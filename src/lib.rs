@@ -27,6 +27,8 @@
 //!   with active checks, passive failure reports and thresholds.
 //! - [`admin`]: the admin listener (metrics, JSON API, reload), served by
 //!   the health executor.
+//! - [`cluster`]: cluster mode: the etcd registry's data model and the etcd
+//!   client thread; [`health::registry`] applies it on the health executor.
 //! - [`metrics`]: core-local request counters, summed and rendered on scrape.
 //! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
@@ -41,6 +43,7 @@ pub mod backend;
 pub mod balancer;
 pub mod buffer;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod envcheck;

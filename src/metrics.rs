@@ -403,6 +403,39 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
     out
 }
 
+/// Cluster-mode figures for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterMetrics {
+    /// In sync with etcd.
+    pub connected: bool,
+    /// Full re-reads of the registry.
+    pub resyncs: u64,
+    /// Highest etcd revision applied.
+    pub revision: i64,
+}
+
+/// Appends the cluster-mode families to an exposition.
+pub fn render_cluster(out: &mut String, c: ClusterMetrics) {
+    let _ = writeln!(
+        out,
+        "# HELP lb_cluster_connected 1 while the etcd registry is reachable and in sync, 0 while serving the last known pool."
+    );
+    let _ = writeln!(out, "# TYPE lb_cluster_connected gauge");
+    let _ = writeln!(out, "lb_cluster_connected {}", u8::from(c.connected));
+    let _ = writeln!(
+        out,
+        "# HELP lb_cluster_resyncs_total Full reads of the etcd registry (one per connection)."
+    );
+    let _ = writeln!(out, "# TYPE lb_cluster_resyncs_total counter");
+    let _ = writeln!(out, "lb_cluster_resyncs_total {}", c.resyncs);
+    let _ = writeln!(
+        out,
+        "# HELP lb_cluster_revision Highest etcd revision applied by this instance."
+    );
+    let _ = writeln!(out, "# TYPE lb_cluster_revision gauge");
+    let _ = writeln!(out, "lb_cluster_revision {}", c.revision);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

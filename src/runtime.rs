@@ -252,6 +252,18 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         worker_ends.push((ctl_rx, rep_tx));
     }
 
+    // Started after the signal mask is set, so the etcd thread inherits it.
+    let cluster =
+        match &config.cluster {
+            Some(c) => Some(crate::cluster::etcd::spawn(c.clone()).map_err(|e| {
+                RuntimeError::Executor {
+                    name: "ekilibri-etcd".into(),
+                    message: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+
     let health = LocalExecutorBuilder::new(Placement::Unbound)
         .name("ekilibri-health")
         .io_memory(IO_MEMORY)
@@ -265,6 +277,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
                 shutdown: shutdown.clone(),
                 reload,
                 admin: admin.map(|(fd, _)| fd),
+                cluster,
             };
             move || checker::run(parts)
         })

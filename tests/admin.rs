@@ -1176,6 +1176,89 @@ fn api_adds_lists_and_removes_servers() {
     assert_no_traffic_to(lb.port, &a, 20);
 }
 
+/// `PUT /servers/{address}` registers or renews; with a `ttl` the
+/// registration goes away when the renewals stop (no cluster needed).
+#[test]
+fn put_registers_renews_and_ttl_expires() {
+    let a = spawn_backend();
+    let b = spawn_backend();
+    let lb = spawn_balancer(&Config::for_backends(std::slice::from_ref(&a)), &[]);
+    let admin = Admin::new(&lb);
+    let path = format!("/servers/{}", b.addr());
+
+    let (status, v) = admin.json("PUT", &path, r#"{"ttl": 1, "weight": 2}"#);
+    assert_eq!(status, 201, "first PUT creates: {v}");
+    assert_eq!(
+        (v["ttl"].clone(), v["weight"].clone()),
+        (1.into(), 2.into()),
+        "{v}"
+    );
+    assert_eq!(v["source"], "api", "{v}");
+    let id = v["id"].as_u64().expect("id");
+    admin.wait_health(id, "up");
+    wait_reaches(lb.port, b.port);
+
+    // Heartbeats every 300 ms for 2.5 s (2.5 TTLs): it stays, same id.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let (status, v) = admin.json("PUT", &path, r#"{"ttl": 1, "weight": 2}"#);
+        assert_eq!(status, 200, "a renewal answers 200: {v}");
+        assert_eq!(v["id"].as_u64(), Some(id), "a renewal keeps the id: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(admin.server(&b.addr()).is_some(), "expired while renewed");
+
+    // A PUT may change the weight; then the heartbeats stop.
+    let (status, v) = admin.json("PUT", &path, r#"{"ttl": 1, "weight": 3}"#);
+    assert_eq!((status, v["weight"].clone()), (200, 3.into()), "{v}");
+    let stopped = Instant::now();
+    let gone = poll_until(Duration::from_secs(5), || {
+        admin.server(&b.addr()).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "still listed 5 s after the last renewal");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(900),
+        "removed {:?} after the last renewal, before its 1 s ttl",
+        stopped.elapsed()
+    );
+    assert_no_traffic_to(lb.port, &b, 20);
+    assert!(log_count(&lb, "registration expired") >= 1);
+
+    // Without a ttl it stays; an empty body is a registration with defaults.
+    let (status, v) = admin.json("PUT", &path, "");
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (v["ttl"].clone(), v["weight"].clone()),
+        (Value::Null, 1.into()),
+        "{v}"
+    );
+
+    // The file's servers are not the API's to change; bad input is a 400.
+    assert_error(
+        &admin.call("PUT", &format!("/servers/{}", a.addr()), r#"{"weight": 5}"#),
+        409,
+        "PUT on a configured server",
+    );
+    for (body, what) in [
+        (r#"{"ttl": 0}"#, "ttl 0"),
+        (r#"{"ttl": 100000}"#, "ttl over a day"),
+        (r#"{"weight": 0}"#, "weight 0"),
+        (r#"{"address": "127.0.0.1:1"}"#, "address in the body"),
+        ("{", "broken JSON"),
+    ] {
+        assert_error(&admin.call("PUT", &path, body), 400, what);
+    }
+    assert_error(
+        &admin.call("PUT", "/servers/7", "{}"),
+        404,
+        "PUT by numeric id",
+    );
+    // DELETE by address works too.
+    let r = admin.call("DELETE", &path, "");
+    assert_eq!(r.status, 204, "DELETE by address: {r:?}");
+    assert!(admin.server(&b.addr()).is_none());
+}
+
 #[test]
 fn api_rejects_bad_input() {
     let a = spawn_backend();

@@ -7,7 +7,11 @@
 //! `admin_token` is set every call needs `Authorization: Bearer <token>`.
 //!
 //! Routes: `GET /metrics`, `GET /health`, `GET /servers`, `POST /servers`,
-//! `DELETE /servers/{id}`, `GET /stats`, `GET /stats/detail`, `POST /reload`.
+//! `GET /servers/{id}`, `PUT /servers/{address}` (register or renew),
+//! `DELETE /servers/{id or address}`, `GET /stats`, `GET /stats/detail`,
+//! `POST /reload`. In cluster mode registrations go through etcd
+//! ([`crate::health::registry`]); when etcd cannot be reached they are
+//! refused with 503 and applied nowhere.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -22,9 +26,10 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::backend::BackendId;
-use crate::config::MAX_WEIGHT;
+use crate::cluster::{self, Spec};
 use crate::health::BreakerState;
 use crate::health::checker::{BackendInfo, CheckSpec, Health, Source};
+use crate::health::registry::Mode;
 use crate::metrics::{self, BackendCounts, BackendMetrics, MetricsSnapshot};
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -69,8 +74,11 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -227,10 +235,17 @@ async fn route(req: Request, health: &Rc<Health>) -> Reply {
                 .iter()
                 .filter(|b| b.up && b.breaker != BreakerState::Open)
                 .count();
-            Reply::json(
-                200,
-                json!({"status": "ok", "workers": health.workers(), "backends": book.len(), "backends_up": up}),
-            )
+            let mut v = json!({"status": "ok", "workers": health.workers(), "backends": book.len(), "backends_up": up});
+            if let Some(c) = &health.cluster {
+                v["cluster"] = json!({
+                    "connected": c.connected.get(),
+                    "revision": c.revision.get(),
+                    "resyncs": c.resyncs.get(),
+                    "prefix": c.handle.config.prefix,
+                    "endpoints": c.handle.config.endpoints,
+                });
+            }
+            Reply::json(200, v)
         }
         ("GET", "/servers") => {
             let scrape = health.scrape().await;
@@ -244,7 +259,7 @@ async fn route(req: Request, health: &Rc<Health>) -> Reply {
                 .collect();
             Reply::json(200, Value::Array(list))
         }
-        ("POST", "/servers") => add_server(&req.body, health),
+        ("POST", "/servers") => add_server(&req.body, health).await,
         ("GET", "/stats") => {
             let scrape = health.scrape().await;
             let per = per_backend(&scrape);
@@ -286,23 +301,34 @@ async fn route(req: Request, health: &Rc<Health>) -> Reply {
             Err(msg) => Reply::json(400, json!({"reloaded": false, "error": msg})),
         },
         (m, p) if p.starts_with("/servers/") => {
-            let id = p["/servers/".len()..].parse::<u32>().ok();
-            match (m, id) {
-                ("DELETE", Some(id)) => {
-                    if health.remove_backend(BackendId(id)).await {
-                        Reply::empty(204)
-                    } else {
-                        Reply::error(404, format!("no server with id {id}"))
+            let target = &p["/servers/".len()..];
+            let id = target.parse::<u32>().ok().map(BackendId);
+            let addr = target.parse::<SocketAddr>().ok();
+            match m {
+                "DELETE" if id.is_some() || addr.is_some() => {
+                    match health.deregister(id, addr).await {
+                        Ok(()) => Reply::empty(204),
+                        Err((status, msg)) => Reply::error(status, msg),
                     }
                 }
-                ("GET", Some(id)) => {
+                "PUT" => match addr {
+                    Some(a) => put_server(a, &req.body, health).await,
+                    None => Reply::error(
+                        404,
+                        format!("PUT takes the server's address: /servers/ip:port, not `{target}`"),
+                    ),
+                },
+                "GET" => {
                     let views = health.book.borrow().views();
-                    match views.iter().find(|b| b.backend.id.0 == id) {
+                    match views
+                        .iter()
+                        .find(|b| Some(b.backend.id) == id || Some(b.backend.addr) == addr)
+                    {
                         Some(b) => Reply::json(200, server_json(b, BackendCounts::default())),
-                        None => Reply::error(404, format!("no server with id {id}")),
+                        None => Reply::error(404, format!("no server `{target}`")),
                     }
                 }
-                (_, None) => Reply::error(404, "not found"),
+                "DELETE" => Reply::error(404, format!("no server `{target}`")),
                 _ => Reply::error(405, "method not allowed"),
             }
         }
@@ -342,7 +368,13 @@ fn server_json(b: &BackendInfo, c: BackendCounts) -> Value {
             BreakerState::HalfOpen => "half-open",
         },
         "inflight": c.inflight,
-        "source": match b.source { Source::Config => "config", Source::Api => "api" },
+        "source": match b.source {
+            Source::Config => "config",
+            Source::Api => "api",
+            Source::Etcd => "etcd",
+        },
+        "key": b.key,
+        "ttl": b.ttl,
         "check": check,
     })
 }
@@ -353,6 +385,16 @@ struct NewServer {
     address: String,
     weight: Option<u32>,
     check: Option<NewCheck>,
+    ttl: Option<u64>,
+}
+
+/// The body of `PUT /servers/{address}` (the address is in the path).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutServer {
+    weight: Option<u32>,
+    check: Option<NewCheck>,
+    ttl: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -363,65 +405,86 @@ struct NewCheck {
     path: Option<String>,
 }
 
-fn add_server(body: &[u8], health: &Rc<Health>) -> Reply {
+/// Resolves `host:port` (an IP address, or a name resolved once now).
+fn parse_address(address: &str) -> Result<SocketAddr, Reply> {
+    match address.parse::<SocketAddr>() {
+        Ok(a) => Ok(a),
+        Err(_) => match address.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+            Some(a) if address.contains(':') => Ok(a),
+            _ => Err(Reply::error(
+                400,
+                format!("`{address}` is not a valid host:port address"),
+            )),
+        },
+    }
+}
+
+/// Checks the optional members of a registration into a [`Spec`].
+fn spec_of(
+    addr: SocketAddr,
+    weight: Option<u32>,
+    check: Option<NewCheck>,
+    ttl: Option<u64>,
+) -> Result<Spec, Reply> {
+    let bad = |m: String| Reply::error(400, m);
+    let weight = cluster::check_weight(weight.unwrap_or(1)).map_err(bad)?;
+    let check = match check {
+        None => None,
+        Some(c) => cluster::check_from_parts(&c.kind, c.path).map_err(bad)?,
+    };
+    let ttl = match ttl {
+        None => None,
+        Some(t) => Some(cluster::check_ttl(t).map_err(bad)?),
+    };
+    Ok(Spec {
+        addr,
+        weight,
+        check,
+        ttl,
+    })
+}
+
+async fn registered(result: Result<(u16, BackendId), (u16, String)>, health: &Rc<Health>) -> Reply {
+    match result {
+        Ok((status, id)) => {
+            let views = health.book.borrow().views();
+            match views.iter().find(|b| b.backend.id == id) {
+                Some(b) => Reply::json(status, server_json(b, BackendCounts::default())),
+                None => Reply::json(status, json!({"id": id.0})),
+            }
+        }
+        Err((status, msg)) => Reply::error(status, msg),
+    }
+}
+
+async fn add_server(body: &[u8], health: &Rc<Health>) -> Reply {
     let new: NewServer = match serde_json::from_slice(body) {
         Ok(n) => n,
         Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
     };
-    let addr: SocketAddr = match new.address.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => match new
-            .address
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut i| i.next())
-        {
-            Some(a) if new.address.contains(':') => a,
-            _ => {
-                return Reply::error(
-                    400,
-                    format!("`{}` is not a valid host:port address", new.address),
-                );
-            }
-        },
-    };
-    let weight = new.weight.unwrap_or(1);
-    if !(1..=MAX_WEIGHT).contains(&weight) {
-        return Reply::error(
-            400,
-            format!("weight {weight} is out of range 1..={MAX_WEIGHT}"),
-        );
-    }
-    let check = match new.check {
-        None => CheckSpec::Http(health.config().health_check_path.clone()),
-        Some(c) => match (c.kind.as_str(), c.path) {
-            ("http", Some(p))
-                if p.starts_with('/') && !p.bytes().any(|b| b <= b' ' || b == 0x7f) =>
-            {
-                CheckSpec::Http(p)
-            }
-            ("http", None) => CheckSpec::Http(health.config().health_check_path.clone()),
-            ("http", Some(p)) => return Reply::error(400, format!("invalid check path `{p}`")),
-            ("tcp", None) => CheckSpec::Tcp,
-            ("tcp", Some(_)) => return Reply::error(400, "a tcp check takes no path"),
-            (k, _) => return Reply::error(400, format!("unknown check type `{k}` (http or tcp)")),
-        },
-    };
-    if health
-        .book
-        .borrow()
-        .views()
-        .iter()
-        .any(|b| b.backend.addr == addr)
+    let spec = match parse_address(&new.address)
+        .and_then(|addr| spec_of(addr, new.weight, new.check, new.ttl))
     {
-        return Reply::error(400, format!("server {addr} already exists"));
-    }
-    let id = health.add_backend(new.address.clone(), addr, weight, check);
-    let views = health.book.borrow().views();
-    match views.iter().find(|b| b.backend.id == id) {
-        Some(b) => Reply::json(201, server_json(b, BackendCounts::default())),
-        None => Reply::json(201, json!({"id": id.0})),
-    }
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    registered(health.register(spec, Mode::Create).await, health).await
+}
+
+async fn put_server(addr: SocketAddr, body: &[u8], health: &Rc<Health>) -> Reply {
+    let put: PutServer = if body.iter().all(u8::is_ascii_whitespace) {
+        PutServer::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
+        }
+    };
+    let spec = match spec_of(addr, put.weight, put.check, put.ttl) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    registered(health.register(spec, Mode::Upsert).await, health).await
 }
 
 async fn metrics_reply(health: &Rc<Health>) -> Reply {
@@ -440,10 +503,21 @@ async fn metrics_reply(health: &Rc<Health>) -> Reply {
             checks_failed: b.checks_failed,
         })
         .collect();
+    let mut text = metrics::render(&scrape, &backends);
+    if let Some(c) = &health.cluster {
+        metrics::render_cluster(
+            &mut text,
+            metrics::ClusterMetrics {
+                connected: c.connected.get(),
+                resyncs: c.resyncs.get(),
+                revision: c.revision.get(),
+            },
+        );
+    }
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",
-        body: metrics::render(&scrape, &backends).into_bytes(),
+        body: text.into_bytes(),
     }
 }
 

@@ -54,6 +54,8 @@ pub enum Source {
     Config,
     /// The admin API (kept across reloads).
     Api,
+    /// The cluster registry in etcd (kept across reloads).
+    Etcd,
 }
 
 #[derive(Debug)]
@@ -68,6 +70,8 @@ struct Entry {
     fail_streak: u32,
     passive: VecDeque<Instant>,
     breaker: Breaker,
+    key: Option<String>,
+    ttl: Option<u64>,
 }
 
 /// Health state of every backend, owned by the health executor.
@@ -106,6 +110,8 @@ impl HealthBook {
                         config.breaker_open_duration,
                         config.breaker_half_open_requests,
                     ),
+                    key: None,
+                    ttl: None,
                 })
                 .collect(),
             version: 0,
@@ -265,7 +271,24 @@ impl HealthBook {
             fail_streak: 0,
             passive: VecDeque::new(),
             breaker,
+            key: None,
+            ttl: None,
         });
+    }
+
+    /// Records where a registered backend lives in etcd and its TTL.
+    pub fn set_registration(&mut self, id: BackendId, key: Option<String>, ttl: Option<u64>) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.backend.id == id) {
+            e.key = key;
+            e.ttl = ttl;
+        }
+    }
+
+    /// Changes how backend `id` is checked.
+    pub fn set_check(&mut self, id: BackendId, check: CheckSpec) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.backend.id == id) {
+            e.check = check;
+        }
     }
 
     /// Removes backend `id`; returns whether it existed.
@@ -316,6 +339,8 @@ impl HealthBook {
                 breaker: e.breaker.state(),
                 checks_ok: e.checks_ok,
                 checks_failed: e.checks_failed,
+                key: e.key.clone(),
+                ttl: e.ttl,
             })
             .collect()
     }
@@ -338,6 +363,10 @@ pub struct BackendInfo {
     pub checks_ok: u64,
     /// Checks failed.
     pub checks_failed: u64,
+    /// Its etcd key, for registrations from the cluster registry.
+    pub key: Option<String>,
+    /// Seconds it lives without a heartbeat, for TTL registrations.
+    pub ttl: Option<u64>,
 }
 
 /// What the health executor needs to start.
@@ -358,6 +387,8 @@ pub struct HealthParts {
     pub reload: Arc<AtomicBool>,
     /// The admin listener, when enabled (bound by the runtime).
     pub admin: Option<OwnedFd>,
+    /// The etcd thread, in cluster mode.
+    pub cluster: Option<crate::cluster::Handle>,
 }
 
 /// The health executor's state, shared by its tasks (core-local `Rc`).
@@ -371,6 +402,10 @@ pub struct Health {
     scrapes: RefCell<HashMap<u64, Vec<MetricsSnapshot>>>,
     next_scrape: Cell<u64>,
     next_id: Cell<u32>,
+    /// Cluster mode state (None without a `[cluster]` section).
+    pub cluster: Option<super::registry::ClusterState>,
+    /// Deadlines of local (non-cluster) TTL registrations.
+    pub(super) expiry: RefCell<HashMap<BackendId, Instant>>,
 }
 
 /// Longest a scrape waits for the workers' answers.
@@ -415,20 +450,22 @@ impl Health {
         self.scrapes.borrow_mut().remove(&seq).unwrap_or_default()
     }
 
-    /// Adds a backend from the admin API; returns its id.
+    /// Adds a backend from the admin API or the cluster registry; returns
+    /// its id. It enters rotation once its first check passes.
     pub fn add_backend(
         self: &Rc<Self>,
         name: String,
         addr: SocketAddr,
         weight: u32,
         check: CheckSpec,
+        source: Source,
     ) -> BackendId {
         let id = BackendId(self.next_id.get());
         self.next_id.set(id.0 + 1);
         let backend = Arc::new(Backend::new(id, name, addr, weight));
         self.book
             .borrow_mut()
-            .add(backend.clone(), check.clone(), Source::Api);
+            .add(backend.clone(), check.clone(), source);
         self.spawn_probe(backend, check);
         id
     }
@@ -437,13 +474,28 @@ impl Health {
     /// waits until no worker has a request in flight to it (bounded by
     /// `shutdown_timeout`). Returns false for an unknown id.
     pub async fn remove_backend(self: &Rc<Self>, id: BackendId) -> bool {
+        if !self.forget(id) {
+            return false;
+        }
+        self.publish().await;
+        self.drain(id).await;
+        true
+    }
+
+    /// Drops backend `id` from the book and stops probing it; the caller
+    /// publishes. Returns false for an unknown id.
+    pub fn forget(&self, id: BackendId) -> bool {
         if !self.book.borrow_mut().remove(id) {
             return false;
         }
-        if let Some(t) = self.probes.borrow_mut().remove(&id) {
-            drop(t);
-        }
-        self.publish().await;
+        self.probes.borrow_mut().remove(&id);
+        self.expiry.borrow_mut().remove(&id);
+        true
+    }
+
+    /// Waits until no worker has a request in flight to `id` (bounded by
+    /// `shutdown_timeout`).
+    pub async fn drain(self: &Rc<Self>, id: BackendId) {
         let deadline = Instant::now() + self.config().shutdown_timeout;
         while Instant::now() < deadline {
             let busy: u64 = self
@@ -459,10 +511,10 @@ impl Health {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
         info!(backend = id.0, "backend removed");
-        true
     }
 
-    fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
+    /// Starts (or restarts) the probe loop of `backend`.
+    pub fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
         let health = self.clone();
         let id = backend.id;
         let task = glommio::spawn_local(async move {
@@ -550,6 +602,12 @@ impl Health {
             return Err(msg);
         }
         new.admin_listen = old.admin_listen;
+        if new.cluster != old.cluster {
+            let msg =
+                "reload refused: the [cluster] section changed; restart to change it".to_string();
+            warn!("{msg}");
+            return Err(msg);
+        }
         let new = Arc::new(new);
 
         // New static backend set: keep identity (and health) of unchanged ones.
@@ -628,6 +686,7 @@ pub async fn run(parts: HealthParts) {
         shutdown,
         reload,
         admin,
+        cluster,
     } = parts;
     let mut senders = Vec::with_capacity(to_workers.len());
     for s in to_workers {
@@ -647,6 +706,8 @@ pub async fn run(parts: HealthParts) {
         scrapes: RefCell::new(HashMap::new()),
         next_scrape: Cell::new(0),
         next_id: Cell::new(next_id),
+        cluster: cluster.map(super::registry::ClusterState::new),
+        expiry: RefCell::new(HashMap::new()),
     });
     health.publish().await;
 
@@ -680,6 +741,9 @@ pub async fn run(parts: HealthParts) {
             }
         }));
     }
+    if health.cluster.is_some() {
+        tasks.push(glommio::spawn_local(health.clone().follow_cluster()));
+    }
     if let Some(fd) = admin {
         // SAFETY: the runtime bound this listening socket and handed its sole
         // ownership to the health executor.
@@ -696,6 +760,7 @@ pub async fn run(parts: HealthParts) {
         if changed {
             health.publish().await;
         }
+        health.expire_registrations().await;
         if reload.swap(false, Ordering::Relaxed) {
             let _ = health.reload().await;
             // systemd shows the unit "reloading" until it hears READY again,

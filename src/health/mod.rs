@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod checker;
+pub mod registry;
 
 use std::sync::Arc;
 

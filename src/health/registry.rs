@@ -1,0 +1,442 @@
+//! Registered backends: admin API registrations (with optional TTL) and, in
+//! cluster mode, the etcd registry applied to this instance.
+//!
+//! The health executor owns what is applied. In cluster mode every admin
+//! write goes to etcd first and is applied here only once etcd has taken
+//! it; the watch delivers the same change again (and everyone else's), and
+//! per-key revisions make applying idempotent and ordered: a change older
+//! than what a key already shows is ignored, so a direct apply and its
+//! watch echo, or a resync racing a write, cannot undo each other.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::checker::{CheckSpec, Health, Source};
+use crate::backend::{Backend, BackendId};
+use crate::cluster::{self, Event, Item, Op, Spec, WriteOutcome};
+
+/// How often the health executor looks for events from the etcd thread.
+const EVENT_POLL: Duration = Duration::from_millis(20);
+
+/// What this instance last applied for one etcd key.
+#[derive(Debug, Clone)]
+struct Known {
+    /// Revision of the last change applied (a put or a delete).
+    revision: i64,
+    /// The backend it became, if it is applied (None: deleted, invalid, or
+    /// shadowed by a configured backend with the same address).
+    applied: Option<(BackendId, Spec)>,
+}
+
+/// Cluster mode state owned by the health executor.
+pub struct ClusterState {
+    /// The etcd thread.
+    pub handle: cluster::Handle,
+    /// Whether the etcd thread is in sync with etcd.
+    pub connected: Cell<bool>,
+    /// Highest etcd revision applied.
+    pub revision: Cell<i64>,
+    /// Full re-reads of the registry (one per (re)connection).
+    pub resyncs: Cell<u64>,
+    keys: RefCell<HashMap<String, Known>>,
+}
+
+impl ClusterState {
+    /// State for a freshly started etcd thread (not yet connected).
+    pub fn new(handle: cluster::Handle) -> Self {
+        ClusterState {
+            handle,
+            connected: Cell::new(false),
+            revision: Cell::new(0),
+            resyncs: Cell::new(0),
+            keys: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+/// Why a registration or removal was refused: an HTTP status and a message.
+pub type Refusal = (u16, String);
+
+/// A write through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `POST /servers`: create; an existing address is an error.
+    Create,
+    /// `PUT /servers/{address}`: create, update or renew.
+    Upsert,
+}
+
+fn unavailable(e: &str) -> Refusal {
+    (
+        503,
+        format!("cluster store (etcd) unavailable: {e}; the change was not applied"),
+    )
+}
+
+impl Health {
+    /// The effective check of a registration.
+    fn effective_check(&self, spec: &Spec) -> CheckSpec {
+        spec.check
+            .clone()
+            .unwrap_or_else(|| CheckSpec::Http(self.config().health_check_path.clone()))
+    }
+
+    /// The backend at `addr`, with its source.
+    pub fn find_addr(&self, addr: SocketAddr) -> Option<(BackendId, Source)> {
+        self.book
+            .borrow()
+            .views()
+            .iter()
+            .find(|b| b.backend.addr == addr)
+            .map(|b| (b.backend.id, b.source))
+    }
+
+    /// Adds a registered backend and starts probing it.
+    fn add_registered(
+        self: &Rc<Self>,
+        spec: &Spec,
+        source: Source,
+        key: Option<String>,
+    ) -> BackendId {
+        let check = self.effective_check(spec);
+        let id = self.add_backend(spec.address(), spec.addr, spec.weight, check, source);
+        self.book.borrow_mut().set_registration(id, key, spec.ttl);
+        id
+    }
+
+    /// Applies a changed registration to backend `id` (same address).
+    /// Returns true when the workers need a new snapshot.
+    fn update_registered(self: &Rc<Self>, id: BackendId, old: Option<&Spec>, spec: &Spec) -> bool {
+        let mut publish = false;
+        let views = self.book.borrow().views();
+        let Some(info) = views.iter().find(|b| b.backend.id == id) else {
+            return false;
+        };
+        if info.backend.weight != spec.weight {
+            let b = Arc::new(Backend::new(id, spec.address(), spec.addr, spec.weight));
+            self.book.borrow_mut().replace_backend(id, b);
+            publish = true;
+        }
+        let check = self.effective_check(spec);
+        if old.is_none_or(|o| o.check != spec.check) && info.check != check {
+            self.book.borrow_mut().set_check(id, check.clone());
+            if let Some(b) = self
+                .book
+                .borrow()
+                .views()
+                .into_iter()
+                .find(|b| b.backend.id == id)
+            {
+                self.spawn_probe(b.backend, check);
+            }
+        }
+        let key = info.key.clone();
+        self.book.borrow_mut().set_registration(id, key, spec.ttl);
+        publish
+    }
+
+    /// Registers a backend through the admin API: in cluster mode through
+    /// etcd (503 when it cannot be reached), otherwise locally. Returns the
+    /// status to answer (201 created, 200 updated or renewed) and the id.
+    pub async fn register(
+        self: &Rc<Self>,
+        spec: Spec,
+        mode: Mode,
+    ) -> Result<(u16, BackendId), Refusal> {
+        let addr = spec.addr;
+        match self.find_addr(addr) {
+            Some((_, Source::Config)) => {
+                let status = if mode == Mode::Create { 400 } else { 409 };
+                return Err((
+                    status,
+                    format!("server {addr} already exists: it is configured in the file"),
+                ));
+            }
+            Some(_) if mode == Mode::Create => {
+                return Err((400, format!("server {addr} already exists")));
+            }
+            _ => {}
+        }
+        let Some(cluster) = &self.cluster else {
+            return Ok(self.register_locally(spec));
+        };
+        let op = match mode {
+            Mode::Create => Op::Create(spec),
+            Mode::Upsert => Op::Upsert(spec),
+        };
+        let status = match cluster.handle.write(op).await {
+            Err(e) => return Err(unavailable(&e)),
+            Ok(WriteOutcome::Exists) => {
+                return Err((400, format!("server {addr} already exists in the cluster")));
+            }
+            Ok(WriteOutcome::Created(item)) => {
+                self.apply_batch(vec![Event::Put(item)]).await;
+                201
+            }
+            Ok(WriteOutcome::Updated(item)) => {
+                self.apply_batch(vec![Event::Put(item)]).await;
+                200
+            }
+            Ok(WriteOutcome::Renewed) => 200,
+            Ok(other) => return Err((500, format!("unexpected answer from etcd: {other:?}"))),
+        };
+        match self.find_addr(addr) {
+            Some((id, Source::Etcd)) => Ok((status, id)),
+            _ => Err((
+                500,
+                format!("{addr} was written to etcd but is not applied here"),
+            )),
+        }
+    }
+
+    fn register_locally(self: &Rc<Self>, spec: Spec) -> (u16, BackendId) {
+        let deadline = spec.ttl.map(|t| Instant::now() + Duration::from_secs(t));
+        let (status, id) = match self.find_addr(spec.addr) {
+            Some((id, _)) => {
+                if self.update_registered(id, None, &spec) {
+                    let h = self.clone();
+                    glommio::spawn_local(async move { h.publish().await }).detach();
+                }
+                (200, id)
+            }
+            None => (201, self.add_registered(&spec, Source::Api, None)),
+        };
+        let mut expiry = self.expiry.borrow_mut();
+        match deadline {
+            Some(d) => {
+                expiry.insert(id, d);
+            }
+            None => {
+                expiry.remove(&id);
+            }
+        }
+        (status, id)
+    }
+
+    /// Removes a backend through the admin API, by id or by address. Etcd
+    /// registrations are deleted in etcd (so from every instance); this
+    /// instance answers once its own in-flight requests to it are done.
+    pub async fn deregister(
+        self: &Rc<Self>,
+        id: Option<BackendId>,
+        addr: Option<SocketAddr>,
+    ) -> Result<(), Refusal> {
+        let views = self.book.borrow().views();
+        let found = views
+            .iter()
+            .find(|b| Some(b.backend.id) == id || Some(b.backend.addr) == addr);
+        let (target, source, target_addr) = match found {
+            Some(b) => (Some(b.backend.id), Some(b.source), Some(b.backend.addr)),
+            None => (None, None, addr),
+        };
+        let in_cluster = self.cluster.is_some() && matches!(source, None | Some(Source::Etcd));
+        if let (Some(cluster), true, Some(a)) = (&self.cluster, in_cluster, target_addr) {
+            let key = cluster::key_for(&cluster.handle.config.prefix, a);
+            match cluster.handle.write(Op::Delete(a)).await {
+                Err(e) => return Err(unavailable(&e)),
+                Ok(WriteOutcome::Deleted(revision)) => {
+                    self.apply_batch(vec![Event::Delete { key, revision }])
+                        .await;
+                }
+                Ok(WriteOutcome::NotFound) if target.is_none() => {
+                    return Err((404, format!("no server {a}")));
+                }
+                // Gone from etcd already (expired, or deleted elsewhere);
+                // the watch removes it here too.
+                Ok(_) => {}
+            }
+            if let Some(id) = target {
+                self.drain(id).await;
+            }
+            return Ok(());
+        }
+        match target {
+            Some(id) if self.remove_backend(id).await => Ok(()),
+            _ => Err((
+                404,
+                match (id, addr) {
+                    (Some(i), _) => format!("no server with id {}", i.0),
+                    (None, Some(a)) => format!("no server {a}"),
+                    (None, None) => "no such server".into(),
+                },
+            )),
+        }
+    }
+
+    /// Removes local registrations whose TTL passed without a renewal.
+    pub async fn expire_registrations(self: &Rc<Self>) {
+        let now = Instant::now();
+        let expired: Vec<BackendId> = self
+            .expiry
+            .borrow()
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let name = self
+                .book
+                .borrow()
+                .views()
+                .into_iter()
+                .find(|b| b.backend.id == id)
+                .map(|b| b.backend.name.clone())
+                .unwrap_or_default();
+            warn!(backend = %name, "registration expired: no renewal within its ttl");
+            self.remove_backend(id).await;
+        }
+    }
+
+    /// Follows the etcd thread: applies its events in batches, forever.
+    pub async fn follow_cluster(self: Rc<Self>) {
+        loop {
+            let batch: Vec<Event> = match &self.cluster {
+                Some(c) => std::iter::from_fn(|| c.handle.try_event())
+                    .take(1024)
+                    .collect(),
+                None => return,
+            };
+            if batch.is_empty() {
+                glommio::timer::sleep(EVENT_POLL).await;
+            } else {
+                self.apply_batch(batch).await;
+            }
+        }
+    }
+
+    /// Applies events from etcd (or an admin write's own result), then
+    /// publishes one snapshot if routing changed.
+    async fn apply_batch(self: &Rc<Self>, events: Vec<Event>) {
+        let Some(cluster) = &self.cluster else { return };
+        let mut publish = false;
+        let mut removed = Vec::new();
+        for ev in events {
+            match ev {
+                Event::Resync { revision, items } => {
+                    cluster.resyncs.set(cluster.resyncs.get() + 1);
+                    cluster.connected.set(true);
+                    let present: HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();
+                    let gone: Vec<String> = cluster
+                        .keys
+                        .borrow()
+                        .iter()
+                        .filter(|(k, v)| {
+                            v.applied.is_some()
+                                && v.revision <= revision
+                                && !present.contains(k.as_str())
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in gone {
+                        if let Some(id) = self.apply_delete(cluster, &key, revision) {
+                            removed.push(id);
+                        }
+                    }
+                    for item in items {
+                        publish |= self.apply_put(cluster, item);
+                    }
+                    cluster.revision.set(cluster.revision.get().max(revision));
+                }
+                Event::Put(item) => {
+                    cluster
+                        .revision
+                        .set(cluster.revision.get().max(item.mod_revision));
+                    publish |= self.apply_put(cluster, item);
+                }
+                Event::Delete { key, revision } => {
+                    cluster.revision.set(cluster.revision.get().max(revision));
+                    if let Some(id) = self.apply_delete(cluster, &key, revision) {
+                        removed.push(id);
+                    }
+                }
+                Event::Revision(r) => cluster.revision.set(cluster.revision.get().max(r)),
+                Event::Disconnected(_) => cluster.connected.set(false),
+            }
+        }
+        if publish || !removed.is_empty() {
+            self.publish().await;
+        }
+    }
+
+    /// Applies one key's new value; returns true when routing changed.
+    fn apply_put(self: &Rc<Self>, cluster: &ClusterState, item: Item) -> bool {
+        let known = cluster.keys.borrow().get(&item.key).cloned();
+        if known
+            .as_ref()
+            .is_some_and(|k| k.revision >= item.mod_revision)
+        {
+            return false;
+        }
+        let applied = known.and_then(|k| k.applied);
+        let mut publish = false;
+        let now_applied = match item.spec {
+            Err(why) => {
+                warn!(key = %item.key, "ignoring an invalid registration in etcd: {why}");
+                if let Some((id, _)) = applied {
+                    publish |= self.forget(id);
+                }
+                None
+            }
+            Ok(spec) => match applied {
+                Some((id, old)) if old.addr == spec.addr => {
+                    if old != spec {
+                        publish |= self.update_registered(id, Some(&old), &spec);
+                    }
+                    Some((id, spec))
+                }
+                _ => match self.find_addr(spec.addr) {
+                    Some((_, source)) => {
+                        warn!(
+                            key = %item.key,
+                            "ignoring the etcd registration of {}: the same address is already a {} backend here",
+                            spec.addr,
+                            if source == Source::Config { "configured" } else { "registered" }
+                        );
+                        None
+                    }
+                    None => {
+                        let id = self.add_registered(&spec, Source::Etcd, Some(item.key.clone()));
+                        info!(backend = %spec.addr, key = %item.key, "backend registered in the cluster; it takes traffic once a check passes");
+                        Some((id, spec))
+                    }
+                },
+            },
+        };
+        cluster.keys.borrow_mut().insert(
+            item.key,
+            Known {
+                revision: item.mod_revision,
+                applied: now_applied,
+            },
+        );
+        publish
+    }
+
+    /// Applies a deletion; returns the backend removed, if one was.
+    fn apply_delete(&self, cluster: &ClusterState, key: &str, revision: i64) -> Option<BackendId> {
+        let known = cluster.keys.borrow().get(key).cloned();
+        if known.as_ref().is_some_and(|k| k.revision >= revision) {
+            return None;
+        }
+        cluster.keys.borrow_mut().insert(
+            key.to_string(),
+            Known {
+                revision,
+                applied: None,
+            },
+        );
+        let (id, spec) = known?.applied?;
+        if self.forget(id) {
+            info!(backend = %spec.addr, key, "backend deregistered from the cluster; in-flight requests finish");
+            Some(id)
+        } else {
+            None
+        }
+    }
+}
