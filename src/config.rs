@@ -398,10 +398,11 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
             "is required: list the backends as \"host:port\"".into(),
         )
     })?;
-    if entries.is_empty() {
+    // With a cluster registry the pool may come from etcd alone.
+    if entries.is_empty() && f.cluster.is_none() {
         return Err(invalid(
             "servers",
-            "is empty: list at least one backend".into(),
+            "is empty: list at least one backend (or add a [cluster] section)".into(),
         ));
     }
     let mut servers = Vec::with_capacity(entries.len());
@@ -961,6 +962,8 @@ pool_size = "ten""#);
         );
         assert_eq!(cl.endpoints.len(), 2);
         assert!(p("servers = ['127.0.0.1:1']").unwrap().cluster.is_none());
+        let only_etcd = p("servers = []\n[cluster]\netcd = ['http://e:1']").unwrap();
+        assert!(only_etcd.servers.is_empty() && only_etcd.cluster.is_some());
         let c = p(&format!(
             "{base}etcd = ['http://e:2379']\nprefix = '/ekilibri/prod/'\ntimeout = 500\nusername = 'u'\npassword = 'p'"
         ))
