@@ -34,9 +34,13 @@ use crate::config::ClusterConfig;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnection delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// HTTP/2 keep-alive ping interval and timeout: a silent etcd (partition,
-/// frozen host) is noticed within about twice this.
-const KEEPALIVE: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive ping interval. etcd answers pings more frequent than
+/// its `--grpc-keepalive-min-time` (5 s by default) with GOAWAY
+/// ("too many pings"), so stay well above it.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered: a silent etcd (partition, frozen
+/// host) is noticed within interval + timeout.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the etcd thread for `config` and returns the health executor's
 /// end of it. The thread ends when the handle is dropped.
@@ -72,10 +76,16 @@ fn options(config: &ClusterConfig) -> Result<ConnectOptions, String> {
     let mut o = ConnectOptions::new()
         .with_connect_timeout(config.timeout)
         .with_timeout(config.timeout)
-        .with_keep_alive(KEEPALIVE, KEEPALIVE)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(true)
+        // A member that lost its leader (no quorum) cancels our watch
+        // instead of serving stale data: we go fail-static and resync.
+        .with_require_leader(true);
     if let Some((user, password)) = &config.user {
-        o = o.with_user(user.clone(), password.clone());
+        // Tokens expire (etcd's --auth-token-ttl); fetch a new one when so.
+        o = o
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
     }
     if let Some(ca) = &config.ca_file {
         let read = |p: &std::path::Path| {
@@ -109,13 +119,14 @@ async fn connect(config: &ClusterConfig) -> Result<Client, String> {
 async fn sync(
     config: &ClusterConfig,
     client: &mut Client,
-) -> Result<(i64, Vec<Item>, WatchStream), String> {
+) -> Result<(i64, u64, Vec<Item>, WatchStream), String> {
     let range = servers_prefix(&config.prefix);
     let resp = client
         .get(range.as_str(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| describe(&e))?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    let cluster_id = resp.header().map_or(0, |h| h.cluster_id());
     let items = resp
         .kvs()
         .iter()
@@ -140,7 +151,7 @@ async fn sync(
         )
         .await
         .map_err(|e| describe(&e))?;
-    Ok((revision, items, watch))
+    Ok((revision, cluster_id, items, watch))
 }
 
 /// One line for an etcd error: what failed and its root cause (tonic's
@@ -237,9 +248,14 @@ async fn run(
         }
         .await;
         let why = match attempt {
-            Ok((revision, items, watch)) => {
+            Ok((revision, cluster_id, items, watch)) => {
                 let n = items.len();
-                if events.send(Event::Resync { revision, items }).is_err() {
+                let resync = Event::Resync {
+                    revision,
+                    cluster_id,
+                    items,
+                };
+                if events.send(resync).is_err() {
                     return;
                 }
                 if connected != Some(true) {
@@ -258,7 +274,12 @@ async fn run(
                     Ended::Resync(why) => why,
                 }
             }
-            Err(e) => e,
+            Err(e) => {
+                // Start the next attempt from a fresh client: new
+                // connections, a new auth token.
+                client = None;
+                e
+            }
         };
         if connected.is_none() {
             warn!(
@@ -414,12 +435,16 @@ async fn write(
             let key = key_for(&config.prefix, spec.addr);
             let value = spec.to_value();
             let current = c.get(key.as_str(), None).await.map_err(err)?;
-            let existing = current
-                .kvs()
-                .first()
-                .map(|kv| (kv.value().to_vec(), kv.lease()));
-            if let Some((v, lease)) = &existing
-                && *v == value
+            let existing = current.kvs().first().map(|kv| {
+                (
+                    Spec::from_value(&config.prefix, &key, kv.value()),
+                    kv.lease(),
+                )
+            });
+            // Compare meaning, not bytes: a value another writer formatted
+            // differently is still the same registration.
+            if let Some((Ok(current), lease)) = &existing
+                && *current == spec
             {
                 match (spec.ttl, *lease) {
                     (None, 0) => return Ok(WriteOutcome::Renewed),

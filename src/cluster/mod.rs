@@ -31,9 +31,9 @@ use crate::health::checker::CheckSpec;
 /// Longest TTL a registration may ask for (one day).
 pub const MAX_TTL_S: u64 = 86_400;
 
-/// The JSON value stored for one registered backend.
+/// The JSON value stored for one registered backend. Unknown members are
+/// ignored, so a newer version may add some during a rolling upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Registration {
     /// `ip:port` of the backend (must match the key).
     pub address: String,
@@ -56,7 +56,6 @@ fn one() -> u32 {
 
 /// The `check` member of a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CheckValue {
     /// `http` or `tcp`.
     #[serde(rename = "type")]
@@ -201,6 +200,9 @@ pub enum Event {
     Resync {
         /// Store revision of the read.
         revision: i64,
+        /// etcd's cluster id: a new one means a new history (an etcd that
+        /// lost or restored its data), whose revisions may be lower.
+        cluster_id: u64,
         /// Every registration under the prefix.
         items: Vec<Item>,
     },
@@ -327,6 +329,9 @@ mod tests {
         let key = "/ekilibri/t/servers/127.0.0.1:9";
         let s = Spec::from_value(P, key, br#"{"address":"127.0.0.1:9"}"#).unwrap();
         assert_eq!((s.weight, s.check, s.ttl), (1, None, None));
+        // Members a newer version may add are ignored.
+        let s = Spec::from_value(P, key, br#"{"address":"127.0.0.1:9","zone":"b"}"#).unwrap();
+        assert_eq!(s.weight, 1);
     }
 
     #[test]
@@ -346,7 +351,6 @@ mod tests {
                 br#"{"address":"127.0.0.1:9","check":{"type":"http","path":"x"}}"#,
                 "invalid check path",
             ),
-            (br#"{"address":"127.0.0.1:9","extra":1}"#, "unknown field"),
         ] {
             let e = Spec::from_value(P, key, v).unwrap_err();
             assert!(e.contains(why), "{v:?}: {e}");

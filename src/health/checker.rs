@@ -660,6 +660,8 @@ impl Health {
         for info in self.book.borrow().views() {
             self.spawn_probe(info.backend, info.check);
         }
+        // Cluster registrations a removed static server kept out.
+        self.reapply_shadowed();
         self.publish().await;
         let msg = format!("configuration reloaded: {}", new.summary());
         info!("{msg}");

@@ -32,6 +32,9 @@ struct Known {
     /// The backend it became, if it is applied (None: deleted, invalid, or
     /// shadowed by a configured backend with the same address).
     applied: Option<(BackendId, Spec)>,
+    /// A valid registration not applied because a configured backend has
+    /// its address; applied when that backend goes away on a reload.
+    shadowed: Option<Spec>,
 }
 
 /// Cluster mode state owned by the health executor.
@@ -44,6 +47,11 @@ pub struct ClusterState {
     pub revision: Cell<i64>,
     /// Full re-reads of the registry (one per (re)connection).
     pub resyncs: Cell<u64>,
+    /// Highest revision the etcd thread reported (direct applies of admin
+    /// writes excluded): a resync below it means etcd's history restarted.
+    seen: Cell<i64>,
+    /// etcd's cluster id at the last resync.
+    cluster_id: Cell<u64>,
     keys: RefCell<HashMap<String, Known>>,
 }
 
@@ -55,6 +63,8 @@ impl ClusterState {
             connected: Cell::new(false),
             revision: Cell::new(0),
             resyncs: Cell::new(0),
+            seen: Cell::new(0),
+            cluster_id: Cell::new(0),
             keys: RefCell::new(HashMap::new()),
         }
     }
@@ -176,11 +186,11 @@ impl Health {
                 return Err((400, format!("server {addr} already exists in the cluster")));
             }
             Ok(WriteOutcome::Created(item)) => {
-                self.apply_batch(vec![Event::Put(item)]).await;
+                self.apply_batch(vec![Event::Put(item)], true).await;
                 201
             }
             Ok(WriteOutcome::Updated(item)) => {
-                self.apply_batch(vec![Event::Put(item)]).await;
+                self.apply_batch(vec![Event::Put(item)], true).await;
                 200
             }
             Ok(WriteOutcome::Renewed) => 200,
@@ -241,7 +251,7 @@ impl Health {
             match cluster.handle.write(Op::Delete(a)).await {
                 Err(e) => return Err(unavailable(&e)),
                 Ok(WriteOutcome::Deleted(revision)) => {
-                    self.apply_batch(vec![Event::Delete { key, revision }])
+                    self.apply_batch(vec![Event::Delete { key, revision }], true)
                         .await;
                 }
                 Ok(WriteOutcome::NotFound) if target.is_none() => {
@@ -305,22 +315,44 @@ impl Health {
             if batch.is_empty() {
                 glommio::timer::sleep(EVENT_POLL).await;
             } else {
-                self.apply_batch(batch).await;
+                self.apply_batch(batch, false).await;
             }
         }
     }
 
-    /// Applies events from etcd (or an admin write's own result), then
-    /// publishes one snapshot if routing changed.
-    async fn apply_batch(self: &Rc<Self>, events: Vec<Event>) {
+    /// Applies events from etcd, or an admin write's own result (`direct`),
+    /// then publishes one snapshot if routing changed.
+    async fn apply_batch(self: &Rc<Self>, events: Vec<Event>, direct: bool) {
         let Some(cluster) = &self.cluster else { return };
         let mut publish = false;
         let mut removed = Vec::new();
         for ev in events {
             match ev {
-                Event::Resync { revision, items } => {
+                Event::Resync {
+                    revision,
+                    cluster_id,
+                    items,
+                } => {
                     cluster.resyncs.set(cluster.resyncs.get() + 1);
                     cluster.connected.set(true);
+                    let new_cluster =
+                        cluster.cluster_id.get() != 0 && cluster.cluster_id.get() != cluster_id;
+                    if new_cluster || revision < cluster.seen.get() {
+                        // An etcd that lost or restored its data: its
+                        // revisions start again. This read is the truth.
+                        warn!(
+                            revision,
+                            previous = cluster.seen.get(),
+                            "the cluster store's history restarted (new cluster id or lower revision); applying its registry as it is now"
+                        );
+                        for k in cluster.keys.borrow_mut().values_mut() {
+                            k.revision = 0;
+                        }
+                        cluster.revision.set(0);
+                        cluster.seen.set(0);
+                    }
+                    cluster.cluster_id.set(cluster_id);
+                    cluster.seen.set(cluster.seen.get().max(revision));
                     let present: HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();
                     let gone: Vec<String> = cluster
                         .keys
@@ -344,18 +376,27 @@ impl Health {
                     cluster.revision.set(cluster.revision.get().max(revision));
                 }
                 Event::Put(item) => {
+                    if !direct {
+                        cluster.seen.set(cluster.seen.get().max(item.mod_revision));
+                    }
                     cluster
                         .revision
                         .set(cluster.revision.get().max(item.mod_revision));
                     publish |= self.apply_put(cluster, item);
                 }
                 Event::Delete { key, revision } => {
+                    if !direct {
+                        cluster.seen.set(cluster.seen.get().max(revision));
+                    }
                     cluster.revision.set(cluster.revision.get().max(revision));
                     if let Some(id) = self.apply_delete(cluster, &key, revision) {
                         removed.push(id);
                     }
                 }
-                Event::Revision(r) => cluster.revision.set(cluster.revision.get().max(r)),
+                Event::Revision(r) => {
+                    cluster.seen.set(cluster.seen.get().max(r));
+                    cluster.revision.set(cluster.revision.get().max(r));
+                }
                 Event::Disconnected(_) => cluster.connected.set(false),
             }
         }
@@ -375,6 +416,7 @@ impl Health {
         }
         let applied = known.and_then(|k| k.applied);
         let mut publish = false;
+        let mut shadowed = None;
         let now_applied = match item.spec {
             Err(why) => {
                 warn!(key = %item.key, "ignoring an invalid registration in etcd: {why}");
@@ -398,6 +440,7 @@ impl Health {
                             spec.addr,
                             if source == Source::Config { "configured" } else { "registered" }
                         );
+                        shadowed = Some(spec);
                         None
                     }
                     None => {
@@ -413,9 +456,33 @@ impl Health {
             Known {
                 revision: item.mod_revision,
                 applied: now_applied,
+                shadowed,
             },
         );
         publish
+    }
+
+    /// Applies registrations that a configured backend with the same
+    /// address kept out, once that backend is gone (after a reload).
+    pub fn reapply_shadowed(self: &Rc<Self>) {
+        let Some(cluster) = &self.cluster else { return };
+        let waiting: Vec<(String, Spec)> = cluster
+            .keys
+            .borrow()
+            .iter()
+            .filter_map(|(k, v)| v.shadowed.clone().map(|s| (k.clone(), s)))
+            .collect();
+        for (key, spec) in waiting {
+            if self.find_addr(spec.addr).is_some() {
+                continue;
+            }
+            let id = self.add_registered(&spec, Source::Etcd, Some(key.clone()));
+            info!(backend = %spec.addr, key = %key, "backend registered in the cluster; it takes traffic once a check passes");
+            if let Some(k) = cluster.keys.borrow_mut().get_mut(&key) {
+                k.applied = Some((id, spec));
+                k.shadowed = None;
+            }
+        }
     }
 
     /// Applies a deletion; returns the backend removed, if one was.
@@ -429,6 +496,7 @@ impl Health {
             Known {
                 revision,
                 applied: None,
+                shadowed: None,
             },
         );
         let (id, spec) = known?.applied?;
