@@ -12,7 +12,21 @@ LISTEN="${EKILIBRI_DEMO_LISTEN:-127.0.0.1:8080}"
 SERVE=0
 [ "${1:-}" = "--serve" ] && SERVE=1
 
-command -v curl >/dev/null || { echo "demo: curl is required (apt-get install curl)"; exit 1; }
+# Build dependency: the etcd client (cluster mode) compiles etcd's protobuf
+# files with protoc. Install it (and curl) from the distribution if missing.
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+if [ "${#need[@]}" -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    if command -v apt-get >/dev/null; then
+        echo "==> installing ${need[*]}"
+        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "demo: please install ${need[*]} (protoc is needed to build the etcd client)"; exit 1
+    fi
+fi
 echo "==> building (release)"
 cargo build --release --bins --quiet
 BIN=target/release
