@@ -698,6 +698,12 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
 
 /// Checks the `[cluster]` table; errors name the key.
 fn validate_cluster(t: ClusterTable) -> Result<ClusterConfig, (&'static str, String)> {
+    if !cfg!(feature = "cluster") {
+        return Err((
+            "cluster",
+            "this ekilibri was built without cluster support (cargo feature `cluster`)".into(),
+        ));
+    }
     let endpoints = t.etcd.ok_or((
         "cluster.etcd",
         "is required: list the etcd client URLs, e.g. [\"http://127.0.0.1:2379\"]".to_string(),
@@ -948,6 +954,7 @@ pool_size = "ten""#);
     }
 
     #[test]
+    #[cfg(feature = "cluster")]
     fn cluster_section() {
         let base = "servers = ['127.0.0.1:1']\n[cluster]\n";
         let c = p(&format!(

@@ -253,16 +253,15 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     }
 
     // Started after the signal mask is set, so the etcd thread inherits it.
-    let cluster =
-        match &config.cluster {
-            Some(c) => Some(crate::cluster::etcd::spawn(c.clone()).map_err(|e| {
-                RuntimeError::Executor {
-                    name: "ekilibri-etcd".into(),
-                    message: e.to_string(),
-                }
-            })?),
-            None => None,
-        };
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            crate::cluster::spawn(c.clone()).map_err(|e| RuntimeError::Executor {
+                name: "ekilibri-etcd".into(),
+                message: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
 
     let health = LocalExecutorBuilder::new(Placement::Unbound)
         .name("ekilibri-health")

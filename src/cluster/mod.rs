@@ -17,6 +17,7 @@
 //! ([`Event::Resync`]) and watches from that revision, so changes made
 //! while it was away are never missed.
 
+#[cfg(feature = "cluster")]
 pub mod etcd;
 
 use std::net::SocketAddr;
@@ -256,6 +257,20 @@ pub struct Command {
     pub op: Op,
     /// Receives the outcome, or why the store could not do it.
     pub reply: mpsc::Sender<Result<WriteOutcome, String>>,
+}
+
+/// Starts the etcd client thread for `config` (see [`etcd`]).
+#[cfg(feature = "cluster")]
+pub fn spawn(config: crate::config::ClusterConfig) -> std::io::Result<Handle> {
+    etcd::spawn(config)
+}
+
+/// Without the `cluster` feature there is no etcd client to start.
+#[cfg(not(feature = "cluster"))]
+pub fn spawn(_config: crate::config::ClusterConfig) -> std::io::Result<Handle> {
+    Err(std::io::Error::other(
+        "this build has no cluster support (cargo feature `cluster`)",
+    ))
 }
 
 /// The health executor's end of the etcd thread.

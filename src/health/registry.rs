@@ -82,10 +82,23 @@ pub enum Mode {
     Upsert,
 }
 
+/// The 503 of a cluster write that failed. A write that timed out after it
+/// was sent may still have been committed; say so rather than claim it was
+/// not applied (a refused or failed connection means it was not).
 fn unavailable(e: &str) -> Refusal {
+    let lower = e.to_ascii_lowercase();
+    let sent = !lower.contains("connect")
+        && ["timeout", "timed out", "did not answer", "no answer"]
+            .iter()
+            .any(|w| lower.contains(w));
+    let outcome = if sent {
+        "the change may or may not have been applied: check GET /servers before retrying"
+    } else {
+        "the change was not applied"
+    };
     (
         503,
-        format!("cluster store (etcd) unavailable: {e}; the change was not applied"),
+        format!("cluster store (etcd) unavailable: {e}; {outcome}"),
     )
 }
 
@@ -505,6 +518,34 @@ impl Health {
             Some(id)
         } else {
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable;
+
+    #[test]
+    fn unavailable_says_whether_the_write_may_have_landed() {
+        let (status, m) = unavailable("tcp connect error: Connection refused (os error 111)");
+        assert_eq!(status, 503);
+        assert!(
+            m.starts_with("cluster store (etcd) unavailable: tcp connect"),
+            "{m}"
+        );
+        assert!(m.ends_with("the change was not applied"), "{m}");
+        assert!(
+            unavailable("connecting timed out")
+                .1
+                .ends_with("not applied")
+        );
+        for e in [
+            "Timeout expired",
+            "etcd did not answer within 4000 ms",
+            "no answer from etcd in time",
+        ] {
+            assert!(unavailable(e).1.contains("may or may not"), "{e}");
         }
     }
 }
