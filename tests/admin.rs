@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -433,26 +433,6 @@ fn exposition_parser_is_strict() {
 // Admin client
 // ---------------------------------------------------------------------------
 
-/// Polls the balancer's stderr for the admin API line and returns its port.
-fn admin_port(lb: &Balancer) -> u16 {
-    const PREFIX: &str = "http://127.0.0.1:";
-    poll_until(READY_TIMEOUT, || {
-        lb.stderr.snapshot().iter().find_map(|line| {
-            let line = strip_ansi(line);
-            let rest = &line[line.find("admin API")?..];
-            let rest = &rest[rest.find(PREFIX)? + PREFIX.len()..];
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<u16>().ok().filter(|&p| p != 0)
-        })
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no `admin API ... at http://127.0.0.1:PORT/` line on stderr:\n{}",
-            lb.stderr.joined()
-        )
-    })
-}
-
 /// One admin call on a fresh connection with an optional Authorization value.
 fn call_admin(
     port: u16,
@@ -469,19 +449,6 @@ fn call_admin(
         headers.push(("Content-Length", "0"));
     }
     one_request(port, method, path, &headers, body)
-}
-
-/// The JSON body of an admin response (checks the content type).
-#[track_caller]
-fn json_of(r: &Response) -> Value {
-    assert_eq!(
-        r.header("Content-Type"),
-        Some("application/json"),
-        "admin response content type: {r:?}"
-    );
-    r.assert_complete_with_length();
-    serde_json::from_slice(&r.body)
-        .unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {:?}", r.body_str()))
 }
 
 /// Asserts an error answer: `status` with a JSON `{"error": "..."}`.
@@ -595,58 +562,6 @@ const TCP_CHECK: &str = r#"{"type": "tcp"}"#;
 // ---------------------------------------------------------------------------
 // Proxy-side helpers
 // ---------------------------------------------------------------------------
-
-/// Result of a request that must not panic: (status, X-Backend-Port).
-type Outcome = Result<(u16, Option<u16>), String>;
-
-/// One request with `Connection: close` on a fresh connection, reporting
-/// errors instead of panicking (for background traffic).
-fn try_request(port: u16, method: &str, path: &str) -> Outcome {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    s.write_all(&build_request(
-        method,
-        path,
-        &[("Connection", "close")],
-        b"",
-    ))
-    .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        return Err(format!(
-            "read: {e} after {:?}",
-            String::from_utf8_lossy(&raw)
-        ));
-    }
-    let end = find(&raw, b"\r\n\r\n")
-        .ok_or_else(|| format!("no complete head in {:?}", String::from_utf8_lossy(&raw)))?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let (mut backend, mut length) = (None, None);
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("X-Backend-Port") {
-                backend = v.trim().parse().ok();
-            } else if k.eq_ignore_ascii_case("Content-Length") {
-                length = v.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let body_len = raw.len() - end - 4;
-    if length.is_some_and(|n| n != body_len) {
-        return Err(format!(
-            "Content-Length {length:?} but {body_len} body bytes"
-        ));
-    }
-    Ok((status, backend))
-}
 
 /// A thread sending sequential `GET /` requests (fresh connections, so they
 /// spread over the workers) until stopped.

@@ -440,26 +440,6 @@ fn cluster_toml(static_ports: &[u16], endpoint: &str, prefix: &str) -> String {
     )
 }
 
-/// Polls the balancer's stderr for the admin API line and returns its port.
-fn admin_port(lb: &Balancer) -> u16 {
-    const PREFIX: &str = "http://127.0.0.1:";
-    poll_until(READY_TIMEOUT, || {
-        lb.stderr.snapshot().iter().find_map(|line| {
-            let line = strip_ansi(line);
-            let rest = &line[line.find("admin API")?..];
-            let rest = &rest[rest.find(PREFIX)? + PREFIX.len()..];
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<u16>().ok().filter(|&p| p != 0)
-        })
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no `admin API ... at http://127.0.0.1:PORT/` line on stderr:\n{}",
-            lb.stderr.joined()
-        )
-    })
-}
-
 /// One admin call on a fresh connection.
 fn call_admin(port: u16, method: &str, path: &str, body: &[u8]) -> Response {
     let mut headers = vec![("Connection", "close")];
@@ -469,17 +449,15 @@ fn call_admin(port: u16, method: &str, path: &str, body: &[u8]) -> Response {
     one_request(port, method, path, &headers, body)
 }
 
-/// The JSON body of an admin response (checks the content type).
-#[track_caller]
-fn json_of(r: &Response) -> Value {
-    assert_eq!(
-        r.header("Content-Type"),
-        Some("application/json"),
-        "admin response content type: {r:?}"
-    );
-    r.assert_complete_with_length();
-    serde_json::from_slice(&r.body)
-        .unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {:?}", r.body_str()))
+/// Instances A and B with the same static servers and `[cluster]` table,
+/// both connected to etcd.
+fn connected_pair(static_ports: &[u16], endpoint: &str, prefix: &str) -> (Node, Node) {
+    let a = Node::start("A", static_ports, endpoint, prefix);
+    let b = Node::start("B", static_ports, endpoint, prefix);
+    for n in [&a, &b] {
+        n.wait_connected(true, WAIT);
+    }
+    (a, b)
 }
 
 /// One ekilibri instance of the cluster.
@@ -675,48 +653,6 @@ fn assert_unavailable(r: &Response, what: &str) {
 // ---------------------------------------------------------------------------
 // Proxy-side helpers
 // ---------------------------------------------------------------------------
-
-/// Result of a request that must not panic: (status, X-Backend-Port).
-type Outcome = Result<(u16, Option<u16>), String>;
-
-/// One request with `Connection: close` on a fresh connection, reporting
-/// errors instead of panicking.
-fn try_request(port: u16, method: &str, path: &str) -> Outcome {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(8)));
-    s.write_all(&build_request(
-        method,
-        path,
-        &[("Connection", "close")],
-        b"",
-    ))
-    .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        return Err(format!(
-            "read: {e} after {:?}",
-            String::from_utf8_lossy(&raw)
-        ));
-    }
-    let end = find(&raw, b"\r\n\r\n")
-        .ok_or_else(|| format!("no complete head in {:?}", String::from_utf8_lossy(&raw)))?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let backend = lines.find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("X-Backend-Port")
-            .then(|| v.trim().parse().ok())
-            .flatten()
-    });
-    Ok((status, backend))
-}
 
 fn describe(o: &Outcome) -> String {
     match o {
@@ -1061,11 +997,7 @@ fn ttl_registration_lives_while_heartbeated_and_expires_everywhere() {
     let prefix = unique_prefix();
     let s = spawn_backend();
     let e = spawn_backend();
-    let a = Node::start("A", &[s.port], &etcd.endpoint(), &prefix);
-    let b = Node::start("B", &[s.port], &etcd.endpoint(), &prefix);
-    for n in [&a, &b] {
-        n.wait_connected(true, WAIT);
-    }
+    let (a, b) = connected_pair(&[s.port], &etcd.endpoint(), &prefix);
     let addr = e.addr();
     let path = format!("/servers/{addr}");
     let r = a.call("PUT", &path, r#"{"ttl": 2}"#);
@@ -1150,11 +1082,7 @@ fn etcd_down_keeps_serving_and_refuses_cluster_writes() {
     let s = spawn_backend();
     let e = spawn_backend();
     let other = spawn_backend();
-    let a = Node::start("A", &[s.port], &etcd.endpoint(), &prefix);
-    let b = Node::start("B", &[s.port], &etcd.endpoint(), &prefix);
-    for n in [&a, &b] {
-        n.wait_connected(true, WAIT);
-    }
+    let (a, b) = connected_pair(&[s.port], &etcd.endpoint(), &prefix);
     let addr = e.addr();
     a.add(&addr);
     for n in [&a, &b] {
@@ -1260,11 +1188,7 @@ fn resync_after_a_cut_applies_changes_missed_meanwhile() {
     let e1 = spawn_backend();
     let e2 = spawn_backend();
     let e3 = spawn_backend();
-    let a = Node::start("A", &[s.port], &relay.endpoint(), &prefix);
-    let b = Node::start("B", &[s.port], &relay.endpoint(), &prefix);
-    for n in [&a, &b] {
-        n.wait_connected(true, WAIT);
-    }
+    let (a, b) = connected_pair(&[s.port], &relay.endpoint(), &prefix);
     // e1 through the API, e2 by another writer.
     a.add(&e1.addr());
     etcd.put(&key_of(&prefix, &e2.addr()), &value_of(&e2.addr()));
@@ -1343,11 +1267,7 @@ fn etcd_restart_then_changes_by_another_writer_reach_both() {
     let s = spawn_backend();
     let e1 = spawn_backend();
     let e2 = spawn_backend();
-    let a = Node::start("A", &[s.port], &etcd.endpoint(), &prefix);
-    let b = Node::start("B", &[s.port], &etcd.endpoint(), &prefix);
-    for n in [&a, &b] {
-        n.wait_connected(true, WAIT);
-    }
+    let (a, b) = connected_pair(&[s.port], &etcd.endpoint(), &prefix);
     a.add(&e1.addr());
     for n in [&a, &b] {
         wait_reaches(n, e1.port, PROPAGATION);
@@ -1512,11 +1432,7 @@ fn etcd_that_lost_its_data_is_followed() {
     let s = spawn_backend();
     let e1 = spawn_backend();
     let e2 = spawn_backend();
-    let a = Node::start("A", &[s.port], &etcd.endpoint(), &prefix);
-    let b = Node::start("B", &[s.port], &etcd.endpoint(), &prefix);
-    for n in [&a, &b] {
-        n.wait_connected(true, WAIT);
-    }
+    let (a, b) = connected_pair(&[s.port], &etcd.endpoint(), &prefix);
     // Some history first, so e1's revision is well above a fresh store's.
     let other = format!("{prefix}unrelated");
     for i in 0..10 {

@@ -2,10 +2,10 @@
 //! `ekilibri` and `ekilibri-backend` binaries, temporary config files and a
 //! minimal raw HTTP/1.1 client over `std::net::TcpStream`.
 //!
-//! Everything here uses only `std`. Every spawned process is owned by a
-//! [`ProcGuard`] that kills it on drop (also when the test panics), every
-//! socket has read and write timeouts, and every wait polls against a
-//! deadline.
+//! Everything here uses only `std` (and serde_json for admin API answers).
+//! Every spawned process is owned by a [`ProcGuard`] that kills it on drop
+//! (also when the test panics), every socket has read and write timeouts,
+//! and every wait polls against a deadline.
 
 #![allow(dead_code)]
 
@@ -1191,4 +1191,91 @@ fn relay(mut from: TcpStream, mut to: TcpStream, watch: Option<(&[u8], Arc<Atomi
     }
     let _ = to.shutdown(Shutdown::Write);
     let _ = from.shutdown(Shutdown::Read);
+}
+
+/// Result of a request that must not panic: (status, X-Backend-Port).
+pub type Outcome = Result<(u16, Option<u16>), String>;
+
+/// One request with `Connection: close` on a fresh connection, reporting
+/// errors instead of panicking (for background traffic): the status and
+/// the backend that answered, or what went wrong (including a body that
+/// does not match its Content-Length).
+pub fn try_request(port: u16, method: &str, path: &str) -> Outcome {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(8)));
+    s.write_all(&build_request(
+        method,
+        path,
+        &[("Connection", "close")],
+        b"",
+    ))
+    .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    if let Err(e) = s.read_to_end(&mut raw) {
+        return Err(format!(
+            "read: {e} after {:?}",
+            String::from_utf8_lossy(&raw)
+        ));
+    }
+    let end = find(&raw, b"\r\n\r\n")
+        .ok_or_else(|| format!("no complete head in {:?}", String::from_utf8_lossy(&raw)))?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let (mut backend, mut length) = (None, None);
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("X-Backend-Port") {
+                backend = v.trim().parse().ok();
+            } else if k.eq_ignore_ascii_case("Content-Length") {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let body_len = raw.len() - end - 4;
+    if length.is_some_and(|n| n != body_len) {
+        return Err(format!(
+            "Content-Length {length:?} but {body_len} body bytes"
+        ));
+    }
+    Ok((status, backend))
+}
+
+/// Polls the balancer's stderr for the admin API line and returns its port.
+pub fn admin_port(lb: &Balancer) -> u16 {
+    const PREFIX: &str = "http://127.0.0.1:";
+    poll_until(READY_TIMEOUT, || {
+        lb.stderr.snapshot().iter().find_map(|line| {
+            let line = strip_ansi(line);
+            let rest = &line[line.find("admin API")?..];
+            let rest = &rest[rest.find(PREFIX)? + PREFIX.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok().filter(|&p| p != 0)
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no `admin API ... at http://127.0.0.1:PORT/` line on stderr:\n{}",
+            lb.stderr.joined()
+        )
+    })
+}
+
+/// The JSON body of an admin response (checks the content type).
+#[track_caller]
+pub fn json_of(r: &Response) -> serde_json::Value {
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("application/json"),
+        "admin response content type: {r:?}"
+    );
+    r.assert_complete_with_length();
+    serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {:?}", r.body_str()))
 }
