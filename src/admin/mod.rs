@@ -444,7 +444,7 @@ fn spec_of(
     })
 }
 
-async fn registered(result: Result<(u16, BackendId), (u16, String)>, health: &Rc<Health>) -> Reply {
+fn registered(result: Result<(u16, BackendId), (u16, String)>, health: &Rc<Health>) -> Reply {
     match result {
         Ok((status, id)) => {
             let views = health.book.borrow().views();
@@ -468,7 +468,7 @@ async fn add_server(body: &[u8], health: &Rc<Health>) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
-    registered(health.register(spec, Mode::Create).await, health).await
+    registered(health.register(spec, Mode::Create).await, health)
 }
 
 async fn put_server(addr: SocketAddr, body: &[u8], health: &Rc<Health>) -> Reply {
@@ -484,7 +484,7 @@ async fn put_server(addr: SocketAddr, body: &[u8], health: &Rc<Health>) -> Reply
         Ok(s) => s,
         Err(r) => return r,
     };
-    registered(health.register(spec, Mode::Upsert).await, health).await
+    registered(health.register(spec, Mode::Upsert).await, health)
 }
 
 async fn metrics_reply(health: &Rc<Health>) -> Reply {

@@ -187,7 +187,7 @@ impl Health {
             _ => {}
         }
         let Some(cluster) = &self.cluster else {
-            return Ok(self.register_locally(spec));
+            return Ok(self.register_locally(spec).await);
         };
         let op = match mode {
             Mode::Create => Op::Create(spec),
@@ -218,26 +218,22 @@ impl Health {
         }
     }
 
-    fn register_locally(self: &Rc<Self>, spec: Spec) -> (u16, BackendId) {
+    async fn register_locally(self: &Rc<Self>, spec: Spec) -> (u16, BackendId) {
+        let mut publish = false;
         let deadline = spec.ttl.map(|t| Instant::now() + Duration::from_secs(t));
         let (status, id) = match self.find_addr(spec.addr) {
             Some((id, _)) => {
-                if self.update_registered(id, None, &spec) {
-                    let h = self.clone();
-                    glommio::spawn_local(async move { h.publish().await }).detach();
-                }
+                publish = self.update_registered(id, None, &spec);
                 (200, id)
             }
             None => (201, self.add_registered(&spec, Source::Api, None)),
         };
-        let mut expiry = self.expiry.borrow_mut();
         match deadline {
-            Some(d) => {
-                expiry.insert(id, d);
-            }
-            None => {
-                expiry.remove(&id);
-            }
+            Some(d) => self.expiry.borrow_mut().insert(id, d),
+            None => self.expiry.borrow_mut().remove(&id),
+        };
+        if publish {
+            self.publish().await;
         }
         (status, id)
     }
