@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# etcd's .proto files import Google's well-known types (libprotobuf-dev).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null || need+=(etcd-server)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
