@@ -5,7 +5,7 @@
 //! [`validate`] (a pure function that names the key at fault) -> [`Config`].
 //! Every key of the original Ekilibri keeps its name, unit and meaning, so an
 //! original `ekilibri.toml` runs unchanged. This module does not own runtime
-//! state: hot changes of the backend set go through the health executor.
+//! state: hot changes of the backend set go through the control executor.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};

@@ -26,6 +26,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    ekilibri::runtime::install_panic_hook();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -29,7 +29,7 @@ use crate::backend::{Backend, BackendId};
 use crate::connection::Client;
 use crate::error::{ErrorSource, ProxyError};
 use crate::health::BackendView;
-use crate::health::checker::failure_kind;
+use crate::health::failure_kind;
 use crate::http::chunked::{ChunkedDecoder, Mode};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{self, ClientSide, ResponseHead};

@@ -1,27 +1,34 @@
 //! Starting and stopping the process: listen sockets, channels, the pinned
-//! workers, the health executor, and signal-driven shutdown.
+//! workers, the control executor, signals, liveness and exit.
 //!
 //! ```text
-//!            SIGINT/SIGTERM -> signal thread -> shutdown flag
-//!                                                   |
-//!   +----------------+  Control (snapshot, shutdown) |   +----------------+
-//!   | health executor| ------------------------------+-> | worker 0 (cpu0)|
-//!   |  (unpinned)    | <-------- Report (failures) ----- | accept, proxy  |
-//!   +----------------+  one SPSC shared channel each way +----------------+
-//!            ^  |                                        | worker 1 (cpu1)|
-//!            |  +--------------------------------------> | ...            |
-//!            +------------------------------------------ +----------------+
+//!   signals thread --(bridge: reload, terminate)--+
+//!                                                 v
+//!   +------------------+  ToWorker (snapshot, config,   +----------------+
+//!   | control executor | ---- scrape, ping, shutdown) -> | worker 0 (cpu0)|
+//!   |  (unpinned):     | <-- FromWorker (reports, ------ | accept, proxy  |
+//!   |  health, admin,  |      metrics)                   +----------------+
+//!   |  reload, etcd    | ------------------------------> | worker 1 (cpu1)|
+//!   +------------------+ <------------------------------ | ...            |
+//!           ^  one SPSC shared channel each way per worker +--------------+
+//!   watchdog thread: WATCHDOG=1 to systemd while every executor answers
 //! ```
 //!
 //! Each worker gets its own listen socket, bound here with SO_REUSEPORT to
 //! the same address (the first bind resolves port 0, the others reuse the
 //! real port), so the kernel spreads connections across workers.
+//!
+//! Fail fast: [`install_panic_hook`] makes a panic on any thread log one
+//! line and end the process with [`EXIT_PANIC`]; an executor that returns
+//! before shutdown was asked for ends it with an error. Nothing lingers
+//! half-alive, so a supervisor (systemd `Restart=on-failure`) restarts it.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use glommio::channels::shared_channel;
@@ -30,9 +37,41 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
 use crate::backend::{Backend, BackendId};
+use crate::channel::bridge;
 use crate::config::Config;
-use crate::health::checker::{self, HealthParts};
+use crate::control::{self, ControlParts, Signal};
+use crate::liveness::Liveness;
 use crate::worker::{self, WorkerParts};
+
+/// Exit status after a panic on any thread (EX_SOFTWARE).
+pub const EXIT_PANIC: i32 = 70;
+
+/// Makes every panic, on any thread, log one line naming the thread and
+/// the panic and end the process with [`EXIT_PANIC`] at once. A process
+/// with a dead executor cannot do its job (its listen sockets, health
+/// checks or signal handling are gone); exiting lets the supervisor start
+/// a whole one. Install it first thing in `main`.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        error!(
+            thread = name,
+            "panic: {what}{at}; exiting (status {EXIT_PANIC})"
+        );
+        std::process::exit(EXIT_PANIC);
+    }));
+}
 
 /// Why the runtime could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +92,9 @@ pub enum RuntimeError {
         /// The error.
         message: String,
     },
-    /// A worker stopped without being asked to.
-    #[error("worker {0} stopped unexpectedly")]
-    WorkerDied(usize),
+    /// An executor stopped without being asked to.
+    #[error("executor {0} stopped unexpectedly")]
+    ExecutorDied(String),
 }
 
 /// Memory glommio registers with io_uring per executor for storage DMA
@@ -63,9 +102,10 @@ pub enum RuntimeError {
 /// accepts is enough; this is most of the difference in resident memory.
 const IO_MEMORY: usize = 64 * 1024;
 
-/// Capacity of each health -> worker control channel.
+/// Capacity of each control -> worker channel (the control side coalesces,
+/// so a handful would do).
 const CONTROL_CAPACITY: usize = 64;
-/// Capacity of each worker -> health report channel; reports beyond it are
+/// Capacity of each worker -> control report channel; reports beyond it are
 /// dropped (the backend is already being reported as failing).
 const REPORT_CAPACITY: usize = 1024;
 
@@ -139,8 +179,12 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>, reload: Arc<AtomicBool>) {
-    let _ = std::thread::Builder::new()
+fn spawn_signal_thread(
+    set: libc::sigset_t,
+    stopping: Arc<AtomicBool>,
+    to_control: bridge::Sender<Signal>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name("ekilibri-signals".into())
         .spawn(move || {
             loop {
@@ -154,9 +198,9 @@ fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>, reload: A
                     libc::SIGHUP => {
                         info!("SIGHUP received: reloading the configuration");
                         crate::sdnotify::reloading();
-                        reload.store(true, Ordering::Relaxed);
+                        let _ = to_control.send(Signal::Reload);
                     }
-                    _ if shutdown.load(Ordering::Relaxed) => {
+                    _ if stopping.load(Ordering::Relaxed) => {
                         warn!("second termination signal: exiting without waiting for the drain");
                         std::process::exit(1);
                     }
@@ -165,12 +209,49 @@ fn spawn_signal_thread(set: libc::sigset_t, shutdown: Arc<AtomicBool>, reload: A
                             signal = sig,
                             "shutting down: no new connections, draining in-flight requests"
                         );
-                        shutdown.store(true, Ordering::Relaxed);
+                        stopping.store(true, Ordering::Relaxed);
                         crate::sdnotify::stopping();
+                        let _ = to_control.send(Signal::Terminate);
                     }
                 }
             }
-        });
+        })
+        .map(|_| ())
+}
+
+/// Sends systemd `WATCHDOG=1` every half `WatchdogSec=` while every
+/// executor answers its heartbeats; withholds it (so systemd restarts the
+/// unit) while one does not.
+fn spawn_watchdog_thread(liveness: Arc<Liveness>) -> std::io::Result<()> {
+    let Some(period) = crate::sdnotify::watchdog_period() else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("ekilibri-watchdog".into())
+        .spawn(move || {
+            let mut withheld = false;
+            loop {
+                std::thread::sleep(period / 2);
+                let stalled = liveness.stalled();
+                if stalled.is_empty() {
+                    crate::sdnotify::notify("WATCHDOG=1");
+                    withheld = false;
+                } else if !withheld {
+                    let names: Vec<&str> = stalled.iter().map(|(n, _)| n.as_str()).collect();
+                    error!(
+                        "withholding the systemd watchdog: {} not answering",
+                        names.join(", ")
+                    );
+                    withheld = true;
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Which executor ended, and whether that was its own doing.
+struct Exited {
+    name: String,
 }
 
 /// Runs the balancer until a termination signal and the drain that follows.
@@ -235,9 +316,17 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     let admin_addr = admin.as_ref().map(|(_, a)| *a);
 
     let sigset = block_signals();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    spawn_signal_thread(sigset, shutdown.clone(), reload.clone());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let executor_error = |name: &str, e: std::io::Error| RuntimeError::Executor {
+        name: name.into(),
+        message: e.to_string(),
+    };
+    let (signal_tx, signal_rx) =
+        bridge::channel().map_err(|e| executor_error("ekilibri-signals", e))?;
+    spawn_signal_thread(sigset, stopping.clone(), signal_tx)
+        .map_err(|e| executor_error("ekilibri-signals", e))?;
+    let liveness = Arc::new(Liveness::new(n));
+    spawn_watchdog_thread(liveness.clone()).map_err(|e| executor_error("ekilibri-watchdog", e))?;
     let access_tx =
         (config.access_log != crate::access_log::Format::Off).then(crate::access_log::start);
 
@@ -254,34 +343,39 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
 
     // Started after the signal mask is set, so the etcd thread inherits it.
     let cluster = match &config.cluster {
-        Some(c) => Some(
-            crate::cluster::spawn(c.clone()).map_err(|e| RuntimeError::Executor {
-                name: "ekilibri-etcd".into(),
-                message: e.to_string(),
-            })?,
-        ),
+        Some(c) => {
+            Some(crate::cluster::spawn(c.clone()).map_err(|e| executor_error("ekilibri-etcd", e))?)
+        }
         None => None,
     };
 
-    let health = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("ekilibri-health")
+    // Every executor says when it ends; the main thread decides whether that
+    // was a shutdown or a failure.
+    let (exit_tx, exit_rx) = mpsc::channel::<Exited>();
+    let control_name = "ekilibri-control";
+    let parts = ControlParts {
+        config: config.clone(),
+        config_path: config_path.to_path_buf(),
+        backends,
+        to_workers,
+        from_workers,
+        signals: signal_rx,
+        admin: admin.map(|(fd, _)| fd),
+        cluster,
+        liveness: liveness.clone(),
+    };
+    let exit = exit_tx.clone();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name(control_name)
         .io_memory(IO_MEMORY)
-        .spawn({
-            let parts = HealthParts {
-                config: config.clone(),
-                config_path: config_path.to_path_buf(),
-                backends,
-                to_workers,
-                from_workers,
-                shutdown: shutdown.clone(),
-                reload,
-                admin: admin.map(|(fd, _)| fd),
-                cluster,
-            };
-            move || checker::run(parts)
+        .spawn(move || async move {
+            control::run(parts).await;
+            let _ = exit.send(Exited {
+                name: control_name.into(),
+            });
         })
         .map_err(|e| RuntimeError::Executor {
-            name: "ekilibri-health".into(),
+            name: control_name.into(),
             message: e.to_string(),
         })?;
 
@@ -290,7 +384,6 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![0]);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let mut handles = Vec::with_capacity(n);
     for (id, ((control, reports), listener)) in worker_ends.into_iter().zip(listeners).enumerate() {
         let name = format!("ekilibri-w{id}");
         let cpu = cpus[id % cpus.len()];
@@ -314,15 +407,21 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             reports,
             access_tx: access_tx.clone(),
             ready: ready_tx.clone(),
+            liveness: liveness.clone(),
         };
-        let h = builder
-            .spawn(move || worker::run(parts))
+        let exit = exit_tx.clone();
+        let exit_name = name.clone();
+        builder
+            .spawn(move || async move {
+                worker::run(parts).await;
+                let _ = exit.send(Exited { name: exit_name });
+            })
             .map_err(|e| RuntimeError::Executor {
                 name: name.clone(),
                 message: e.to_string(),
             })?;
-        handles.push(h);
     }
+    drop(exit_tx);
     drop(ready_tx);
     let mut ready = 0;
     while ready < n {
@@ -346,23 +445,28 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             info!("admin API (metrics, servers, reload) at http://{a}/");
         }
         crate::sdnotify::ready();
+    } else {
+        return Err(RuntimeError::ExecutorDied(format!(
+            "{} of {n} workers did not start",
+            n - ready
+        )));
     }
 
-    let mut result = Ok(());
-    for (id, h) in handles.into_iter().enumerate() {
-        if h.join().is_err() {
-            error!(worker = id, "worker panicked");
-            result = Err(RuntimeError::WorkerDied(id));
-            shutdown.store(true, Ordering::Relaxed);
+    // Wait for every executor (the control executor and n workers) to end.
+    // One that ends before a termination signal is a failure: exit non-zero
+    // rather than run without it.
+    for _ in 0..=n {
+        match exit_rx.recv() {
+            Ok(e) if !stopping.load(Ordering::Relaxed) => {
+                error!(executor = %e.name, "executor stopped without a shutdown; exiting");
+                return Err(RuntimeError::ExecutorDied(e.name));
+            }
+            Ok(_) => {}
+            // Every sender is gone without a message: an executor thread
+            // ended abnormally (a panic normally exits in the hook first).
+            Err(_) => return Err(RuntimeError::ExecutorDied("unknown".into())),
         }
     }
-    if !shutdown.load(Ordering::Relaxed) && result.is_ok() {
-        result = Err(RuntimeError::WorkerDied(0));
-        shutdown.store(true, Ordering::Relaxed);
-    }
-    let _ = health.join();
-    if result.is_ok() {
-        info!("shutdown complete");
-    }
-    result
+    info!("shutdown complete");
+    Ok(())
 }

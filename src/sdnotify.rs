@@ -17,6 +17,19 @@ pub const STOPPING: &str = "STOPPING=1";
 /// The service is reloading its configuration; send [`READY`] when done.
 pub const RELOADING: &str = "RELOADING=1";
 
+/// The systemd watchdog period (`WatchdogSec=`), when systemd asked this
+/// process for keep-alives: `WATCHDOG_USEC` is set and `WATCHDOG_PID`, if
+/// set, is our pid.
+pub fn watchdog_period() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 /// Sends `state` (one or more `KEY=value` lines) to `$NOTIFY_SOCKET`.
 /// A no-op when the variable is unset; failures are logged at debug level
 /// and otherwise ignored, like `sd_notify(0, state)`.

@@ -4,8 +4,9 @@
 //! Everything in [`Worker`] belongs to one core (`Rc`, `Cell`, `RefCell`): the
 //! current health snapshot, the balancer, the keep-alive pool, counters, and
 //! the registry of idle client connections used to drain at shutdown. The
-//! only cross-core traffic is the two channels to the health executor
-//! (snapshots in, passive failure reports out).
+//! only cross-core traffic is the two channels to the control executor
+//! (snapshots, configs, scrapes and heartbeats in; passive failure reports
+//! and metrics out), and one relaxed heartbeat stamp.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,11 +26,11 @@ use crate::access_log::WorkerLog;
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
 use crate::balancer::{self, Balancer, Rng};
-use crate::channel::repoll;
+use crate::channel::link::{connect_receiver, connect_sender, forward};
 use crate::config::Config;
-use crate::health::{
-    BackendView, BreakerState, Control, FailureKind, Outcome, Report, Snapshot, ToHealth,
-};
+use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Snapshot};
+use crate::liveness::Liveness;
+use crate::messages::{FromWorker, ToWorker};
 use crate::metrics::WorkerMetrics;
 use crate::retry::RetryBudget;
 
@@ -61,7 +62,7 @@ pub struct Worker {
     balancer: RefCell<Box<dyn Balancer>>,
     /// Idle keep-alive connections to the backends.
     pub pool: RefCell<Pool>,
-    reports: ConnectedSender<ToHealth>,
+    reports: ConnectedSender<FromWorker>,
     draining: Cell<bool>,
     active: Cell<usize>,
     idle: RefCell<HashMap<u64, RawFd>>,
@@ -160,12 +161,12 @@ impl Worker {
         self.balancer.borrow_mut().pick(snapshot, client, exclude)
     }
 
-    /// Reports a passive failure to the health executor without waiting; a
-    /// full channel drops the report (the health side is already busy with
+    /// Reports a passive failure to the control executor without waiting; a
+    /// full channel drops the report (the control side is already busy with
     /// this backend's failures).
     pub fn report_failure(&self, backend: BackendId, kind: FailureKind) {
         *slot_mut(&mut self.recently_failed.borrow_mut(), backend.0 as usize) = true;
-        let _ = self.reports.try_send(ToHealth::Report(Report {
+        let _ = self.reports.try_send(FromWorker::Report(Report {
             backend,
             outcome: Outcome::Failure(kind),
         }));
@@ -181,7 +182,7 @@ impl Worker {
             if was_failed {
                 failed[id] = false;
             }
-            let _ = self.reports.try_send(ToHealth::Report(Report {
+            let _ = self.reports.try_send(FromWorker::Report(Report {
                 backend: view.backend.id,
                 outcome: Outcome::Success,
             }));
@@ -343,10 +344,13 @@ pub struct WorkerParts {
     pub config: Arc<Config>,
     /// This worker's listen socket, bound with SO_REUSEPORT by the runtime.
     pub listener: OwnedFd,
-    /// Snapshots and shutdown from the health executor.
-    pub control: SharedReceiver<Control>,
-    /// Passive failure reports and metrics to the health executor.
-    pub reports: SharedSender<ToHealth>,
+    /// Snapshots, configs, scrapes, heartbeats and shutdown from the
+    /// control executor.
+    pub control: SharedReceiver<ToWorker>,
+    /// Passive failure reports and metrics to the control executor.
+    pub reports: SharedSender<FromWorker>,
+    /// Where this worker stamps its heartbeats.
+    pub liveness: Arc<Liveness>,
     /// The access log thread, when the access log is on.
     pub access_tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     /// Told once this worker has its first snapshot and accepts.
@@ -363,12 +367,21 @@ pub async fn run(parts: WorkerParts) {
         reports,
         access_tx,
         ready,
+        liveness,
     } = parts;
-    let control = repoll(control.connect()).await;
-    let reports = repoll(reports.connect()).await;
-    let first = match repoll(control.recv()).await {
-        Some(Control::Snapshot(s)) => s,
-        _ => return,
+    let control = connect_receiver(control).await;
+    let reports = connect_sender(reports).await;
+    // The forwarder is the only task that polls the shared channel; this
+    // one reads the core-local inbox it fills.
+    let (inbox, _forwarder) = forward(control);
+    let first = loop {
+        match inbox.recv().await {
+            Some(ToWorker::Snapshot(s)) => break s,
+            Some(ToWorker::Ping) => liveness.beat_worker(id),
+            Some(ToWorker::Shutdown) | None => return,
+            // Nothing to scrape or reconfigure before the first snapshot.
+            Some(ToWorker::Config(_) | ToWorker::Scrape(_)) => {}
+        }
     };
     let mut bal = balancer::new(config.strategy, 0x5eed ^ ((id as u64 + 1) * 0x9E37_79B9));
     bal.update(&first);
@@ -411,16 +424,31 @@ pub async fn run(parts: WorkerParts) {
         })
     });
     let _ = ready.send(id);
+    crate::fault::arm(&format!("w{id}"));
 
-    while let Some(msg) = repoll(control.recv()).await {
-        match msg {
-            Control::Snapshot(s) => w.apply(s),
-            Control::Config(c) => w.apply_config(c),
-            Control::Scrape(seq) => {
-                let snap = w.metrics.snapshot(id, w.active.get() as u64);
-                let _ = repoll(w.reports.send(ToHealth::Metrics(seq, Box::new(snap)))).await;
+    'control: while let Some(first) = inbox.recv().await {
+        // Everything queued now, with only the newest snapshot and config
+        // applied: a worker that fell behind catches up in one step.
+        let mut batch = vec![first];
+        batch.extend(inbox.drain());
+        let newest_snapshot = batch
+            .iter()
+            .rposition(|m| matches!(m, ToWorker::Snapshot(_)));
+        let newest_config = batch.iter().rposition(|m| matches!(m, ToWorker::Config(_)));
+        for (i, msg) in batch.into_iter().enumerate() {
+            match msg {
+                ToWorker::Snapshot(s) if Some(i) == newest_snapshot => w.apply(s),
+                ToWorker::Config(c) if Some(i) == newest_config => w.apply_config(c),
+                ToWorker::Snapshot(_) | ToWorker::Config(_) => {}
+                ToWorker::Ping => liveness.beat_worker(id),
+                ToWorker::Scrape(seq) => {
+                    let snap = w.metrics.snapshot(id, w.active.get() as u64);
+                    // Never wait here: a full channel means the control
+                    // executor is not reading, and its scrape times out.
+                    let _ = w.reports.try_send(FromWorker::Metrics(seq, Box::new(snap)));
+                }
+                ToWorker::Shutdown => break 'control,
             }
-            Control::Shutdown => break,
         }
     }
 

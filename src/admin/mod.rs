@@ -1,40 +1,51 @@
 //! The admin listener: Prometheus metrics, the JSON admin API, reload.
 //!
-//! Served by the health executor on its own socket (`admin_listen`), never by
-//! the request workers, so admin traffic cannot reach the proxy port and the
-//! proxy port cannot reach the admin API. One request per connection
+//! Served by the control executor on its own socket (`admin_listen`), never
+//! by the request workers, so admin traffic cannot reach the proxy port and
+//! the proxy port cannot reach the admin API. One request per connection
 //! (`Connection: close`); heads up to 16 KiB, bodies up to 64 KiB. When
-//! `admin_token` is set every call needs `Authorization: Bearer <token>`.
+//! `admin_token` is set every call needs `Authorization: Bearer <token>`
+//! (scheme in any case), checked as soon as the head is in, before any body
+//! is read.
 //!
-//! Routes: `GET /metrics`, `GET /health`, `GET /servers`, `POST /servers`,
-//! `GET /servers/{id}`, `PUT /servers/{address}` (register or renew),
-//! `DELETE /servers/{id or address}`, `GET /stats`, `GET /stats/detail`,
-//! `POST /reload`. In cluster mode registrations go through etcd
-//! ([`crate::health::registry`]); when etcd cannot be reached they are
-//! refused with 503 and applied nowhere.
+//! It cannot starve the data plane: at most [`MAX_CONNECTIONS`] admin
+//! connections are open at once (more are closed at once, before reading),
+//! and a head must arrive whole within [`HEAD_TIMEOUT`].
+//!
+//! Routes ([`routes`]): `GET /metrics`, `GET /health`, `GET /servers`,
+//! `POST /servers`, `GET /servers/{id}`, `PUT /servers/{address}` (register
+//! or renew), `DELETE /servers/{id or address}`, `GET /stats`,
+//! `GET /stats/detail`, `POST /reload`. What they do is asked of the control
+//! executor through the [`Api`] trait it implements.
 
-use std::collections::HashMap;
+pub mod api;
+mod routes;
+
+use std::cell::Cell;
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use crate::backend::BackendId;
-use crate::cluster::{self, Spec};
-use crate::health::BreakerState;
-use crate::health::checker::{BackendInfo, CheckSpec, Health, Source};
-use crate::health::registry::Mode;
-use crate::metrics::{self, BackendCounts, BackendMetrics, MetricsSnapshot};
+pub use api::{Api, ClusterStatus, Mode, Refusal};
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
+/// Open admin connections at most: enough for a few scrapers and an
+/// operator, far below any descriptor limit, so a flood of idle admin
+/// connections cannot take the descriptors the proxy needs.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A whole request head must arrive within this (slowloris on the admin
+/// port ends here, not after 10 s per read).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence while reading a body, and bound on writing the reply.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning about refused connections per this period.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// A response from an admin handler.
 struct Reply {
@@ -74,6 +85,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
@@ -83,32 +95,70 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Counts an open admin connection; uncounts it on drop.
+struct Open(Rc<Cell<usize>>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 /// Accepts admin connections until cancelled.
-pub async fn serve(listener: TcpListener, health: Rc<Health>) {
+pub async fn serve<A: Api + Clone + 'static>(listener: TcpListener, api: A) {
+    let open = Rc::new(Cell::new(0usize));
+    let mut last_warn: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let health = health.clone();
+                if open.get() >= MAX_CONNECTIONS {
+                    if last_warn.is_none_or(|t| t.elapsed() > WARN_EVERY) {
+                        warn!(
+                            limit = MAX_CONNECTIONS,
+                            "admin connection limit reached; closing new admin connections"
+                        );
+                        last_warn = Some(Instant::now());
+                    }
+                    drop(stream);
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let guard = Open(open.clone());
+                let api = api.clone();
                 glommio::spawn_local(async move {
-                    if let Err(e) = handle_conn(stream, &health).await {
+                    let _guard = guard;
+                    if let Err(e) = handle_conn(stream, &api).await {
                         debug!("admin connection: {e}");
                     }
                 })
                 .detach();
             }
             Err(e) => {
-                warn!("admin accept failed: {e}");
+                if last_warn.is_none_or(|t| t.elapsed() > WARN_EVERY) {
+                    warn!("admin accept failed: {e}");
+                    last_warn = Some(Instant::now());
+                }
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
+/// An admin request, head and body.
 struct Request {
     method: String,
     path: String,
-    authorization: Option<String>,
     body: Vec<u8>,
+}
+
+/// What the head says.
+struct Head {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    content_length: usize,
+    /// Body bytes read with the head.
+    rest: Vec<u8>,
 }
 
 /// Reads once into `chunk` and appends to `into`; end of stream is a 400
@@ -130,7 +180,7 @@ async fn read_more(
     Ok(())
 }
 
-async fn read_request(s: &mut TcpStream) -> Result<Request, Reply> {
+async fn read_head(s: &mut TcpStream) -> Result<Head, Reply> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -140,8 +190,6 @@ async fn read_request(s: &mut TcpStream) -> Result<Request, Reply> {
         let mut req = httparse::Request::new(&mut []);
         match req.parse_with_uninit_headers(&buf, &mut slots) {
             Ok(httparse::Status::Complete(head_len)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let path = req.path.unwrap_or("").to_string();
                 let mut authorization = None;
                 let mut content_length = 0usize;
                 for h in req.headers.iter() {
@@ -156,19 +204,12 @@ async fn read_request(s: &mut TcpStream) -> Result<Request, Reply> {
                         return Err(Reply::error(400, "send the body with Content-Length"));
                     }
                 }
-                if content_length > MAX_BODY {
-                    return Err(Reply::error(413, "body too large"));
-                }
-                let mut body = buf[head_len..].to_vec();
-                while body.len() < content_length {
-                    read_more(s, &mut chunk, &mut body, "incomplete body").await?;
-                }
-                body.truncate(content_length);
-                return Ok(Request {
-                    method,
-                    path,
+                return Ok(Head {
+                    method: req.method.unwrap_or("").to_string(),
+                    path: req.path.unwrap_or("").to_string(),
                     authorization,
-                    body,
+                    content_length,
+                    rest: buf[head_len..].to_vec(),
                 });
             }
             Ok(httparse::Status::Partial) => {
@@ -181,13 +222,65 @@ async fn read_request(s: &mut TcpStream) -> Result<Request, Reply> {
     }
 }
 
-async fn handle_conn(mut s: TcpStream, health: &Rc<Health>) -> std::io::Result<()> {
+async fn read_body(s: &mut TcpStream, head: &mut Head) -> Result<Vec<u8>, Reply> {
+    if head.content_length > MAX_BODY {
+        return Err(Reply::error(413, "body too large"));
+    }
+    let mut body = std::mem::take(&mut head.rest);
+    let mut chunk = [0u8; 4096];
+    while body.len() < head.content_length {
+        read_more(s, &mut chunk, &mut body, "incomplete body").await?;
+    }
+    body.truncate(head.content_length);
+    Ok(body)
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn answer(s: &mut TcpStream, api: &impl Api) -> Reply {
+    let head = futures_lite::future::or(read_head(s), async {
+        glommio::timer::sleep(HEAD_TIMEOUT).await;
+        Err(Reply::error(408, "request head not received in time"))
+    })
+    .await;
+    let mut head = match head {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    if let Some(token) = &api.config().admin_token {
+        let ok = head
+            .authorization
+            .as_deref()
+            .and_then(bearer_token)
+            .is_some_and(|t| token_matches(t, token));
+        if !ok {
+            return Reply::error(401, "missing or wrong bearer token");
+        }
+    }
+    let body = match read_body(s, &mut head).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req = Request {
+        method: head.method,
+        path: head.path,
+        body,
+    };
+    routes::route(req, api).await
+}
+
+async fn handle_conn(mut s: TcpStream, api: &impl Api) -> std::io::Result<()> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let reply = match read_request(&mut s).await {
-        Ok(req) => route(req, health).await,
-        Err(r) => r,
-    };
+    let reply = answer(&mut s, api).await;
     let challenge = if reply.status == 401 {
         "WWW-Authenticate: Bearer realm=\"ekilibri\"\r\n"
     } else {
@@ -215,315 +308,18 @@ fn token_matches(given: &str, expected: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn route(req: Request, health: &Rc<Health>) -> Reply {
-    if let Some(token) = &health.config().admin_token {
-        let ok = req
-            .authorization
-            .as_deref()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| token_matches(t.trim(), token));
-        if !ok {
-            return Reply::error(401, "missing or wrong bearer token");
-        }
-    }
-    let path = req.path.split('?').next().unwrap_or("");
-    match (req.method.as_str(), path) {
-        ("GET", "/metrics") => metrics_reply(health).await,
-        ("GET", "/health") => {
-            let book = health.book.borrow().views();
-            let up = book
-                .iter()
-                .filter(|b| b.up && b.breaker != BreakerState::Open)
-                .count();
-            let mut v = json!({"status": "ok", "workers": health.workers(), "backends": book.len(), "backends_up": up});
-            if let Some(c) = &health.cluster {
-                v["cluster"] = json!({
-                    "connected": c.connected.get(),
-                    "revision": c.revision.get(),
-                    "resyncs": c.resyncs.get(),
-                    "prefix": c.handle.config.prefix,
-                    "endpoints": c.handle.config.endpoints,
-                });
-            }
-            Reply::json(200, v)
-        }
-        ("GET", "/servers") => {
-            let scrape = health.scrape().await;
-            let per = per_backend(&scrape);
-            let list: Vec<Value> = health
-                .book
-                .borrow()
-                .views()
-                .iter()
-                .map(|b| server_json(b, per.get(&b.backend.id).copied().unwrap_or_default()))
-                .collect();
-            Reply::json(200, Value::Array(list))
-        }
-        ("POST", "/servers") => add_server(&req.body, health).await,
-        ("GET", "/stats") => {
-            let scrape = health.scrape().await;
-            let per = per_backend(&scrape);
-            let (ok, failed) = per
-                .values()
-                .fold((0, 0), |a, c| (a.0 + c.success, a.1 + c.failed));
-            let client_ok: u64 = scrape.iter().map(|m| m.client_success).sum();
-            let client_failed: u64 = scrape.iter().map(|m| m.client_failed).sum();
-            Reply::json(
-                200,
-                json!({
-                    "client": {"success": client_ok, "failed": client_failed},
-                    "server": {"success": ok, "failed": failed},
-                }),
-            )
-        }
-        ("GET", "/stats/detail") => {
-            let scrape = health.scrape().await;
-            let per = per_backend(&scrape);
-            let list: Vec<Value> = health
-                .book
-                .borrow()
-                .views()
-                .iter()
-                .map(|b| {
-                    let c = per.get(&b.backend.id).copied().unwrap_or_default();
-                    json!({
-                        "id": b.backend.id.0,
-                        "address": b.backend.name,
-                        "server": {"success": c.success, "failed": c.failed},
-                        "inflight": c.inflight,
-                    })
-                })
-                .collect();
-            Reply::json(200, Value::Array(list))
-        }
-        ("POST", "/reload") => match health.reload().await {
-            Ok(msg) => Reply::json(200, json!({"reloaded": true, "message": msg})),
-            Err(msg) => Reply::json(400, json!({"reloaded": false, "error": msg})),
-        },
-        (m, p) if p.starts_with("/servers/") => {
-            let target = &p["/servers/".len()..];
-            let id = target.parse::<u32>().ok().map(BackendId);
-            let addr = target.parse::<SocketAddr>().ok();
-            match m {
-                "DELETE" if id.is_some() || addr.is_some() => {
-                    match health.deregister(id, addr).await {
-                        Ok(()) => Reply::empty(204),
-                        Err((status, msg)) => Reply::error(status, msg),
-                    }
-                }
-                "PUT" => match addr {
-                    Some(a) => put_server(a, &req.body, health).await,
-                    None => Reply::error(
-                        404,
-                        format!("PUT takes the server's address: /servers/ip:port, not `{target}`"),
-                    ),
-                },
-                "GET" => {
-                    let views = health.book.borrow().views();
-                    match views
-                        .iter()
-                        .find(|b| Some(b.backend.id) == id || Some(b.backend.addr) == addr)
-                    {
-                        Some(b) => Reply::json(200, server_json(b, BackendCounts::default())),
-                        None => Reply::error(404, format!("no server `{target}`")),
-                    }
-                }
-                "DELETE" => Reply::error(404, format!("no server `{target}`")),
-                _ => Reply::error(405, "method not allowed"),
-            }
-        }
-        (_, "/metrics" | "/health" | "/servers" | "/stats" | "/stats/detail" | "/reload") => {
-            Reply::error(405, "method not allowed")
-        }
-        _ => Reply::error(404, "not found"),
-    }
-}
-
-fn per_backend(scrape: &[MetricsSnapshot]) -> HashMap<BackendId, BackendCounts> {
-    let mut per: HashMap<BackendId, BackendCounts> = HashMap::new();
-    for m in scrape {
-        for (id, c) in &m.backends {
-            let e = per.entry(*id).or_default();
-            e.success += c.success;
-            e.failed += c.failed;
-            e.inflight += c.inflight;
-        }
-    }
-    per
-}
-
-fn server_json(b: &BackendInfo, c: BackendCounts) -> Value {
-    let check = match &b.check {
-        CheckSpec::Http(path) => json!({"type": "http", "path": path}),
-        CheckSpec::Tcp => json!({"type": "tcp"}),
-    };
-    json!({
-        "id": b.backend.id.0,
-        "address": b.backend.name,
-        "weight": b.backend.weight,
-        "health": if b.up { "up" } else { "down" },
-        "breaker": match b.breaker {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half-open",
-        },
-        "inflight": c.inflight,
-        "source": match b.source {
-            Source::Config => "config",
-            Source::Api => "api",
-            Source::Etcd => "etcd",
-        },
-        "key": b.key,
-        "ttl": b.ttl,
-        "check": check,
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewServer {
-    address: String,
-    weight: Option<u32>,
-    check: Option<NewCheck>,
-    ttl: Option<u64>,
-}
-
-/// The body of `PUT /servers/{address}` (the address is in the path).
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PutServer {
-    weight: Option<u32>,
-    check: Option<NewCheck>,
-    ttl: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewCheck {
-    #[serde(rename = "type")]
-    kind: String,
-    path: Option<String>,
-}
-
-/// Resolves `host:port` (an IP address, or a name resolved once now).
-fn parse_address(address: &str) -> Result<SocketAddr, Reply> {
-    match address.parse::<SocketAddr>() {
-        Ok(a) => Ok(a),
-        Err(_) => match address.to_socket_addrs().ok().and_then(|mut i| i.next()) {
-            Some(a) if address.contains(':') => Ok(a),
-            _ => Err(Reply::error(
-                400,
-                format!("`{address}` is not a valid host:port address"),
-            )),
-        },
-    }
-}
-
-/// Checks the optional members of a registration into a [`Spec`].
-fn spec_of(
-    addr: SocketAddr,
-    weight: Option<u32>,
-    check: Option<NewCheck>,
-    ttl: Option<u64>,
-) -> Result<Spec, Reply> {
-    let bad = |m: String| Reply::error(400, m);
-    let weight = cluster::check_weight(weight.unwrap_or(1)).map_err(bad)?;
-    let check = match check {
-        None => None,
-        Some(c) => cluster::check_from_parts(&c.kind, c.path).map_err(bad)?,
-    };
-    let ttl = match ttl {
-        None => None,
-        Some(t) => Some(cluster::check_ttl(t).map_err(bad)?),
-    };
-    Ok(Spec {
-        addr,
-        weight,
-        check,
-        ttl,
-    })
-}
-
-fn registered(result: Result<(u16, BackendId), (u16, String)>, health: &Rc<Health>) -> Reply {
-    match result {
-        Ok((status, id)) => {
-            let views = health.book.borrow().views();
-            match views.iter().find(|b| b.backend.id == id) {
-                Some(b) => Reply::json(status, server_json(b, BackendCounts::default())),
-                None => Reply::json(status, json!({"id": id.0})),
-            }
-        }
-        Err((status, msg)) => Reply::error(status, msg),
-    }
-}
-
-async fn add_server(body: &[u8], health: &Rc<Health>) -> Reply {
-    let new: NewServer = match serde_json::from_slice(body) {
-        Ok(n) => n,
-        Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
-    };
-    let spec = match parse_address(&new.address)
-        .and_then(|addr| spec_of(addr, new.weight, new.check, new.ttl))
-    {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    registered(health.register(spec, Mode::Create).await, health)
-}
-
-async fn put_server(addr: SocketAddr, body: &[u8], health: &Rc<Health>) -> Reply {
-    let put: PutServer = if body.iter().all(u8::is_ascii_whitespace) {
-        PutServer::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(p) => p,
-            Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
-        }
-    };
-    let spec = match spec_of(addr, put.weight, put.check, put.ttl) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    registered(health.register(spec, Mode::Upsert).await, health)
-}
-
-async fn metrics_reply(health: &Rc<Health>) -> Reply {
-    let scrape = health.scrape().await;
-    let backends: Vec<BackendMetrics> = health
-        .book
-        .borrow()
-        .views()
-        .iter()
-        .map(|b| BackendMetrics {
-            id: b.backend.id,
-            name: b.backend.name.clone(),
-            up: b.up,
-            breaker: b.breaker.as_number(),
-            checks_ok: b.checks_ok,
-            checks_failed: b.checks_failed,
-        })
-        .collect();
-    let mut text = metrics::render(&scrape, &backends);
-    if let Some(c) = &health.cluster {
-        metrics::render_cluster(
-            &mut text,
-            metrics::ClusterMetrics {
-                connected: c.connected.get(),
-                resyncs: c.resyncs.get(),
-                revision: c.revision.get(),
-            },
-        );
-    }
-    Reply {
-        status: 200,
-        content_type: "text/plain; version=0.0.4",
-        body: text.into_bytes(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn token_comparison() {

@@ -1,7 +1,7 @@
 //! Backend identity and per-worker backend connections.
 //!
 //! A [`Backend`] is created once by the runtime for each configured server
-//! and shared (behind `Arc`) by every snapshot the health executor publishes,
+//! and shared (behind `Arc`) by every snapshot the control executor publishes,
 //! so its identity and its global in-flight counter survive changes of the
 //! backend set. [`pool`] owns the core-local keep-alive connections.
 

@@ -14,11 +14,10 @@
 //!    HTTP/2 keep-alive), send [`Event::Disconnected`] once, wait with capped
 //!    exponential backoff and jitter, and start again at 1.
 //!
-//! Nothing here touches a request worker: the health executor is the only
-//! peer, over a tokio unbounded channel (commands in) and a std channel
-//! (events out) that it polls.
+//! Nothing here touches a request worker: the control executor is the only
+//! peer, over a tokio unbounded channel (commands in) and a
+//! [`crate::channel::bridge`] (events out) that wakes it.
 
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
@@ -28,6 +27,7 @@ use etcd_client::{
 use tracing::{debug, info, warn};
 
 use super::{Command, Event, Handle, Item, Op, Spec, WriteOutcome, key_for, servers_prefix};
+use crate::channel::bridge;
 use crate::config::ClusterConfig;
 
 /// First reconnection delay.
@@ -42,11 +42,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// host) is noticed within interval + timeout.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the etcd thread for `config` and returns the health executor's
+/// Starts the etcd thread for `config` and returns the control executor's
 /// end of it. The thread ends when the handle is dropped.
 pub fn spawn(config: ClusterConfig) -> std::io::Result<Handle> {
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ev_tx, ev_rx) = mpsc::channel();
+    let (ev_tx, ev_rx) = bridge::channel()?;
     let thread_config = config.clone();
     std::thread::Builder::new()
         .name("ekilibri-etcd".into())
@@ -66,7 +66,7 @@ pub fn spawn(config: ClusterConfig) -> std::io::Result<Handle> {
         })?;
     Ok(Handle {
         commands: cmd_tx,
-        events: ev_rx,
+        events: Some(ev_rx),
         config,
     })
 }
@@ -222,14 +222,14 @@ impl Backoff {
 enum Ended {
     /// Reconnect and resynchronise.
     Resync(String),
-    /// The health executor dropped its handle: stop.
+    /// The control executor dropped its handle: stop.
     Stop,
 }
 
 async fn run(
     config: ClusterConfig,
     mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
-    events: mpsc::Sender<Event>,
+    events: bridge::Sender<Event>,
 ) {
     let mut client: Option<Client> = None;
     let mut backoff = Backoff::new();
@@ -321,7 +321,7 @@ async fn watch_loop(
     client: &mut Option<Client>,
     mut watch: WatchStream,
     commands: &mut tokio::sync::mpsc::UnboundedReceiver<Command>,
-    events: &mpsc::Sender<Event>,
+    events: &bridge::Sender<Event>,
 ) -> Ended {
     loop {
         tokio::select! {

@@ -1,8 +1,8 @@
 //! Cluster mode: several balancers share one backend registry in etcd.
 //!
 //! This module owns the registry's data model (keys, the JSON value of a
-//! registration, the messages between the etcd thread and the health
-//! executor) and [`etcd`], the thread that talks to etcd. The health
+//! registration, the messages between the etcd thread and the control
+//! executor) and [`etcd`], the thread that talks to etcd. The control
 //! executor owns what is *applied*: it receives [`Event`]s, turns them into
 //! backend additions and removals, and sends [`Command`]s for admin writes.
 //!
@@ -12,7 +12,7 @@
 //! stop. Static `servers` from the file are never written to etcd.
 //!
 //! Failure model: the etcd thread reports [`Event::Disconnected`] once per
-//! outage and the health executor keeps routing by the last pool it knew
+//! outage and the control executor keeps routing by the last pool it knew
 //! (fail static). On reconnection the thread reads the whole prefix again
 //! ([`Event::Resync`]) and watches from that revision, so changes made
 //! while it was away are never missed.
@@ -21,13 +21,13 @@
 pub mod etcd;
 
 use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::channel::bridge;
 use crate::config::MAX_WEIGHT;
-use crate::health::checker::CheckSpec;
+use crate::health::CheckSpec;
 
 /// Longest TTL a registration may ask for (one day).
 pub const MAX_TTL_S: u64 = 86_400;
@@ -66,7 +66,7 @@ pub struct CheckValue {
     pub path: Option<String>,
 }
 
-/// A registration as the health executor applies it.
+/// A registration as the control executor applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     /// The backend's address.
@@ -194,7 +194,7 @@ pub struct Item {
     pub lease: i64,
 }
 
-/// etcd thread -> health executor.
+/// etcd thread -> control executor.
 #[derive(Debug)]
 pub enum Event {
     /// The registry was read afresh at `revision`; `items` is all of it.
@@ -250,13 +250,13 @@ pub enum Op {
     Delete(SocketAddr),
 }
 
-/// health executor -> etcd thread: one admin write and where to answer.
+/// control executor -> etcd thread: one admin write and where to answer.
 #[derive(Debug)]
 pub struct Command {
     /// The write.
     pub op: Op,
     /// Receives the outcome, or why the store could not do it.
-    pub reply: mpsc::Sender<Result<WriteOutcome, String>>,
+    pub reply: bridge::Sender<Result<WriteOutcome, String>>,
 }
 
 /// Starts the etcd client thread for `config` (see [`etcd`]).
@@ -273,41 +273,39 @@ pub fn spawn(_config: crate::config::ClusterConfig) -> std::io::Result<Handle> {
     ))
 }
 
-/// The health executor's end of the etcd thread.
+/// The control executor's end of the etcd thread.
 pub struct Handle {
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
-    events: mpsc::Receiver<Event>,
+    events: Option<bridge::Receiver<Event>>,
     /// The configuration the thread runs with.
     pub config: crate::config::ClusterConfig,
 }
 
 impl Handle {
-    /// The next event, if one is waiting (never blocks).
-    pub fn try_event(&self) -> Option<Event> {
-        self.events.try_recv().ok()
+    /// The thread's events, for the one task that follows them (once).
+    pub fn take_events(&mut self) -> Option<bridge::Receiver<Event>> {
+        self.events.take()
     }
 
-    /// Sends a write to the etcd thread and waits (polling, so a glommio
-    /// executor never blocks) for its outcome, at most the configured
-    /// timeout plus a second.
+    /// Sends a write to the etcd thread and waits for its outcome (woken by
+    /// the answer, never polling), at most the configured timeout twice
+    /// plus a second.
     pub async fn write(&self, op: Op) -> Result<WriteOutcome, String> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = bridge::channel().map_err(|e| e.to_string())?;
+        let mut rx = rx.attach();
         self.commands
             .send(Command { op, reply: tx })
             .map_err(|_| "the etcd client thread has stopped".to_string())?;
-        let deadline = Instant::now() + self.config.timeout * 2 + Duration::from_secs(1);
-        loop {
-            match rx.try_recv() {
-                Ok(r) => return r,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err("the etcd client thread has stopped".into());
-                }
-                Err(mpsc::TryRecvError::Empty) => {}
-            }
-            if Instant::now() >= deadline {
-                return Err("no answer from etcd in time".into());
-            }
-            glommio::timer::sleep(Duration::from_millis(2)).await;
+        let limit = self.config.timeout * 2 + Duration::from_secs(1);
+        let answer = async { Some(rx.recv().await) };
+        let timeout = async {
+            glommio::timer::sleep(limit).await;
+            None
+        };
+        match futures_lite::future::or(answer, timeout).await {
+            Some(Some(r)) => r,
+            Some(None) => Err("the etcd client thread has stopped".into()),
+            None => Err("no answer from etcd in time".into()),
         }
     }
 }

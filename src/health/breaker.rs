@@ -1,5 +1,5 @@
 //! The circuit breaker of one backend: a pure state machine driven by the
-//! health executor.
+//! control executor.
 //!
 //! ```text
 //!   Closed --(threshold consecutive failures)--> Open
@@ -115,6 +115,15 @@ impl Breaker {
                 false
             }
             BreakerState::Open => false,
+        }
+    }
+
+    /// When an open breaker will half-open (None unless open), so the
+    /// control executor can sleep until exactly then.
+    pub fn reopens_at(&self) -> Option<Instant> {
+        match (self.state, self.opened_at) {
+            (BreakerState::Open, Some(t)) => Some(t + self.open_for),
+            _ => None,
         }
     }
 

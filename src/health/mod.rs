@@ -1,23 +1,23 @@
-//! Backend health: the snapshot workers route by, and the messages that carry
-//! health between the health executor and the workers.
+//! Backend health: the state machine ([`book`]: thresholds, passive
+//! failures, [`breaker`]s), what a check is ([`probe`]), and the immutable
+//! [`Snapshot`] workers route by.
 //!
-//! The health executor ([`checker`]) owns all health state. After every flip
-//! it publishes a new immutable [`Snapshot`] to each worker over that
-//! worker's shared channel; workers never read health state across cores on
-//! the request path, only their latest local snapshot. Workers report
-//! passive failures back as [`Report`]s over their own channel.
+//! This module decides *what* is healthy; [`crate::control`] decides *when*
+//! to check and carries snapshots to the workers and their [`Report`]s back.
+//! It knows nothing of the admin API, etcd or configuration files. Workers
+//! never read health state across cores on the request path, only their
+//! latest local snapshot.
 
+pub mod book;
 pub mod breaker;
-pub mod checker;
-pub mod registry;
+pub mod probe;
 
 use std::sync::Arc;
 
+pub use book::{BackendInfo, CheckSpec, HealthBook, Source};
 pub use breaker::BreakerState;
 
 use crate::backend::{Backend, BackendId};
-use crate::config::Config;
-use crate::metrics::MetricsSnapshot;
 
 /// One backend as a snapshot sees it.
 #[derive(Debug, Clone)]
@@ -54,28 +54,6 @@ impl Snapshot {
     }
 }
 
-/// Health executor -> worker.
-#[derive(Debug)]
-pub enum Control {
-    /// A new snapshot to route by.
-    Snapshot(Arc<Snapshot>),
-    /// A reloaded configuration (same listen address and worker count).
-    Config(Arc<Config>),
-    /// Send a metrics snapshot back, tagged with this sequence number.
-    Scrape(u64),
-    /// Stop accepting, drain, exit.
-    Shutdown,
-}
-
-/// Worker -> health executor.
-#[derive(Debug)]
-pub enum ToHealth {
-    /// A passive observation about a backend.
-    Report(Report),
-    /// The answer to [`Control::Scrape`].
-    Metrics(u64, Box<MetricsSnapshot>),
-}
-
 /// What a worker saw go wrong with a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -87,7 +65,7 @@ pub enum FailureKind {
     BadResponse,
 }
 
-/// Result of a request, as reported to the health executor.
+/// Result of a request, as reported to the control executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The request failed in this way.
@@ -97,11 +75,22 @@ pub enum Outcome {
     Success,
 }
 
-/// Worker -> health executor: a passive observation.
+/// Worker -> control executor: a passive observation.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
     /// The backend concerned.
     pub backend: BackendId,
     /// What happened.
     pub outcome: Outcome,
+}
+
+/// Kind of failure worth a passive report, from a proxy error.
+pub fn failure_kind(e: &crate::error::ProxyError) -> Option<FailureKind> {
+    use crate::error::ProxyError::*;
+    match e {
+        Connect(_) => Some(FailureKind::Connect),
+        BackendTimeout => Some(FailureKind::Timeout),
+        BackendIo(_) | BackendClosed | BadResponse(_) => Some(FailureKind::BadResponse),
+        _ => None,
+    }
 }

@@ -1,7 +1,7 @@
 //! Registered backends: admin API registrations (with optional TTL) and, in
 //! cluster mode, the etcd registry applied to this instance.
 //!
-//! The health executor owns what is applied. In cluster mode every admin
+//! The control executor owns what is applied. In cluster mode every admin
 //! write goes to etcd first and is applied here only once etcd has taken
 //! it; the watch delivers the same change again (and everyone else's), and
 //! per-key revisions make applying idempotent and ordered: a change older
@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::checker::{CheckSpec, Health, Source};
+use super::plane::Plane;
+use crate::admin::{Mode, Refusal};
 use crate::backend::{Backend, BackendId};
 use crate::cluster::{self, Event, Item, Op, Spec, WriteOutcome};
-
-/// How often the health executor looks for events from the etcd thread.
-const EVENT_POLL: Duration = Duration::from_millis(20);
+use crate::health::{CheckSpec, Source};
 
 /// What this instance last applied for one etcd key.
 #[derive(Debug, Clone)]
@@ -37,7 +36,7 @@ struct Known {
     shadowed: Option<Spec>,
 }
 
-/// Cluster mode state owned by the health executor.
+/// Cluster mode state owned by the control executor.
 pub struct ClusterState {
     /// The etcd thread.
     pub handle: cluster::Handle,
@@ -70,18 +69,6 @@ impl ClusterState {
     }
 }
 
-/// Why a registration or removal was refused: an HTTP status and a message.
-pub type Refusal = (u16, String);
-
-/// A write through the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `POST /servers`: create; an existing address is an error.
-    Create,
-    /// `PUT /servers/{address}`: create, update or renew.
-    Upsert,
-}
-
 /// The 503 of a cluster write that failed. A write that timed out after it
 /// was sent may still have been committed; say so rather than claim it was
 /// not applied (a refused or failed connection means it was not).
@@ -102,7 +89,7 @@ fn unavailable(e: &str) -> Refusal {
     )
 }
 
-impl Health {
+impl Plane {
     /// The effective check of a registration.
     fn effective_check(&self, spec: &Spec) -> CheckSpec {
         spec.check
@@ -232,8 +219,10 @@ impl Health {
             Some(d) => self.expiry.borrow_mut().insert(id, d),
             None => self.expiry.borrow_mut().remove(&id),
         };
+        // The timer task sleeps until the earliest expiry.
+        self.timers.notify();
         if publish {
-            self.publish().await;
+            self.publish();
         }
         (status, id)
     }
@@ -288,8 +277,10 @@ impl Health {
         }
     }
 
-    /// Removes local registrations whose TTL passed without a renewal.
-    pub async fn expire_registrations(self: &Rc<Self>) {
+    /// Removes local registrations whose TTL passed without a renewal. Each
+    /// removal drains in its own task, so a slow request to an expired
+    /// backend delays neither a reload, a breaker tick nor shutdown.
+    pub fn expire_registrations(self: &Rc<Self>) {
         let now = Instant::now();
         let expired: Vec<BackendId> = self
             .expiry
@@ -308,24 +299,28 @@ impl Health {
                 .map(|b| b.backend.name.clone())
                 .unwrap_or_default();
             warn!(backend = %name, "registration expired: no renewal within its ttl");
-            self.remove_backend(id).await;
+            self.expiry.borrow_mut().remove(&id);
+            if self.forget(id) {
+                self.publish();
+                let plane = self.clone();
+                glommio::spawn_local(async move { plane.drain(id).await }).detach();
+            }
         }
     }
 
-    /// Follows the etcd thread: applies its events in batches, forever.
-    pub async fn follow_cluster(self: Rc<Self>) {
-        loop {
-            let batch: Vec<Event> = match &self.cluster {
-                Some(c) => std::iter::from_fn(|| c.handle.try_event())
-                    .take(1024)
-                    .collect(),
-                None => return,
-            };
-            if batch.is_empty() {
-                glommio::timer::sleep(EVENT_POLL).await;
-            } else {
-                self.apply_batch(batch, false).await;
-            }
+    /// The earliest TTL deadline of a local registration.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiry.borrow().values().min().copied()
+    }
+
+    /// Follows the etcd thread: applies its events in batches until it
+    /// stops. Wakes only when the thread sends something.
+    pub async fn follow_cluster(self: Rc<Self>, events: crate::channel::bridge::Receiver<Event>) {
+        let mut events = events.attach();
+        while let Some(first) = events.recv().await {
+            let mut batch = vec![first];
+            batch.extend(std::iter::from_fn(|| events.try_recv()).take(1023));
+            self.apply_batch(batch, false).await;
         }
     }
 
@@ -410,7 +405,7 @@ impl Health {
             }
         }
         if publish || !removed.is_empty() {
-            self.publish().await;
+            self.publish();
         }
     }
 

@@ -1,0 +1,320 @@
+//! The admin API's routes: metrics, health, servers, stats, reload.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::api::{Api, Mode};
+use super::{Reply, Request};
+use crate::backend::BackendId;
+use crate::cluster::{self, Spec};
+use crate::health::{BackendInfo, BreakerState, CheckSpec, Source};
+use crate::metrics::{self, BackendCounts, BackendMetrics, MetricsSnapshot};
+
+/// Answers one authenticated request.
+pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
+    let path = req.path.split('?').next().unwrap_or("");
+    match (req.method.as_str(), path) {
+        ("GET", "/metrics") => metrics_reply(api).await,
+        ("GET", "/health") => {
+            let book = api.backends();
+            let up = book
+                .iter()
+                .filter(|b| b.up && b.breaker != BreakerState::Open)
+                .count();
+            // Liveness: every executor answered its heartbeat recently.
+            let stalled = api.stalled();
+            let mut v = json!({
+                "status": if stalled.is_empty() { "ok" } else { "stalled" },
+                "workers": api.workers(),
+                "backends": book.len(),
+                "backends_up": up,
+            });
+            if !stalled.is_empty() {
+                v["stalled"] = stalled
+                    .iter()
+                    .map(|(name, silent)| {
+                        json!({"executor": name, "silent_ms": silent.as_millis() as u64})
+                    })
+                    .collect();
+            }
+            if let Some(c) = api.cluster() {
+                v["cluster"] = json!({
+                    "connected": c.connected,
+                    "revision": c.revision,
+                    "resyncs": c.resyncs,
+                    "prefix": c.prefix,
+                    "endpoints": c.endpoints,
+                });
+            }
+            Reply::json(if stalled.is_empty() { 200 } else { 503 }, v)
+        }
+        ("GET", "/servers") => {
+            let scrape = api.scrape().await;
+            let per = per_backend(&scrape);
+            let list: Vec<Value> = api
+                .backends()
+                .iter()
+                .map(|b| server_json(b, per.get(&b.backend.id).copied().unwrap_or_default()))
+                .collect();
+            Reply::json(200, Value::Array(list))
+        }
+        ("POST", "/servers") => add_server(&req.body, api).await,
+        ("GET", "/stats") => {
+            let scrape = api.scrape().await;
+            let per = per_backend(&scrape);
+            let (ok, failed) = per
+                .values()
+                .fold((0, 0), |a, c| (a.0 + c.success, a.1 + c.failed));
+            let client_ok: u64 = scrape.iter().map(|m| m.client_success).sum();
+            let client_failed: u64 = scrape.iter().map(|m| m.client_failed).sum();
+            Reply::json(
+                200,
+                json!({
+                    "client": {"success": client_ok, "failed": client_failed},
+                    "server": {"success": ok, "failed": failed},
+                }),
+            )
+        }
+        ("GET", "/stats/detail") => {
+            let scrape = api.scrape().await;
+            let per = per_backend(&scrape);
+            let list: Vec<Value> = api
+                .backends()
+                .iter()
+                .map(|b| {
+                    let c = per.get(&b.backend.id).copied().unwrap_or_default();
+                    json!({
+                        "id": b.backend.id.0,
+                        "address": b.backend.name,
+                        "server": {"success": c.success, "failed": c.failed},
+                        "inflight": c.inflight,
+                    })
+                })
+                .collect();
+            Reply::json(200, Value::Array(list))
+        }
+        ("POST", "/reload") => match api.reload() {
+            Ok(msg) => Reply::json(200, json!({"reloaded": true, "message": msg})),
+            Err(msg) => Reply::json(400, json!({"reloaded": false, "error": msg})),
+        },
+        (m, p) if p.starts_with("/servers/") => {
+            let target = &p["/servers/".len()..];
+            let id = target.parse::<u32>().ok().map(BackendId);
+            let addr = target.parse::<SocketAddr>().ok();
+            match m {
+                "DELETE" if id.is_some() || addr.is_some() => {
+                    match api.deregister(id, addr).await {
+                        Ok(()) => Reply::empty(204),
+                        Err((status, msg)) => Reply::error(status, msg),
+                    }
+                }
+                "PUT" => match addr {
+                    Some(a) => put_server(a, &req.body, api).await,
+                    None => Reply::error(
+                        404,
+                        format!("PUT takes the server's address: /servers/ip:port, not `{target}`"),
+                    ),
+                },
+                "GET" => {
+                    let views = api.backends();
+                    match views
+                        .iter()
+                        .find(|b| Some(b.backend.id) == id || Some(b.backend.addr) == addr)
+                    {
+                        Some(b) => Reply::json(200, server_json(b, BackendCounts::default())),
+                        None => Reply::error(404, format!("no server `{target}`")),
+                    }
+                }
+                "DELETE" => Reply::error(404, format!("no server `{target}`")),
+                _ => Reply::error(405, "method not allowed"),
+            }
+        }
+        (_, "/metrics" | "/health" | "/servers" | "/stats" | "/stats/detail" | "/reload") => {
+            Reply::error(405, "method not allowed")
+        }
+        _ => Reply::error(404, "not found"),
+    }
+}
+
+fn per_backend(scrape: &[MetricsSnapshot]) -> HashMap<BackendId, BackendCounts> {
+    let mut per: HashMap<BackendId, BackendCounts> = HashMap::new();
+    for m in scrape {
+        for (id, c) in &m.backends {
+            let e = per.entry(*id).or_default();
+            e.success += c.success;
+            e.failed += c.failed;
+            e.inflight += c.inflight;
+        }
+    }
+    per
+}
+
+fn server_json(b: &BackendInfo, c: BackendCounts) -> Value {
+    let check = match &b.check {
+        CheckSpec::Http(path) => json!({"type": "http", "path": path}),
+        CheckSpec::Tcp => json!({"type": "tcp"}),
+    };
+    json!({
+        "id": b.backend.id.0,
+        "address": b.backend.name,
+        "weight": b.backend.weight,
+        "health": if b.up { "up" } else { "down" },
+        "breaker": match b.breaker {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        },
+        "inflight": c.inflight,
+        "source": match b.source {
+            Source::Config => "config",
+            Source::Api => "api",
+            Source::Etcd => "etcd",
+        },
+        "key": b.key,
+        "ttl": b.ttl,
+        "check": check,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServer {
+    address: String,
+    weight: Option<u32>,
+    check: Option<NewCheck>,
+    ttl: Option<u64>,
+}
+
+/// The body of `PUT /servers/{address}` (the address is in the path).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutServer {
+    weight: Option<u32>,
+    check: Option<NewCheck>,
+    ttl: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCheck {
+    #[serde(rename = "type")]
+    kind: String,
+    path: Option<String>,
+}
+
+/// Resolves `host:port` (an IP address, or a name resolved once now).
+fn parse_address(address: &str) -> Result<SocketAddr, Reply> {
+    match address.parse::<SocketAddr>() {
+        Ok(a) => Ok(a),
+        Err(_) => match address.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+            Some(a) if address.contains(':') => Ok(a),
+            _ => Err(Reply::error(
+                400,
+                format!("`{address}` is not a valid host:port address"),
+            )),
+        },
+    }
+}
+
+/// Checks the optional members of a registration into a [`Spec`].
+fn spec_of(
+    addr: SocketAddr,
+    weight: Option<u32>,
+    check: Option<NewCheck>,
+    ttl: Option<u64>,
+) -> Result<Spec, Reply> {
+    let bad = |m: String| Reply::error(400, m);
+    let weight = cluster::check_weight(weight.unwrap_or(1)).map_err(bad)?;
+    let check = match check {
+        None => None,
+        Some(c) => cluster::check_from_parts(&c.kind, c.path).map_err(bad)?,
+    };
+    let ttl = match ttl {
+        None => None,
+        Some(t) => Some(cluster::check_ttl(t).map_err(bad)?),
+    };
+    Ok(Spec {
+        addr,
+        weight,
+        check,
+        ttl,
+    })
+}
+
+fn registered(result: Result<(u16, BackendId), (u16, String)>, api: &impl Api) -> Reply {
+    match result {
+        Ok((status, id)) => {
+            let views = api.backends();
+            match views.iter().find(|b| b.backend.id == id) {
+                Some(b) => Reply::json(status, server_json(b, BackendCounts::default())),
+                None => Reply::json(status, json!({"id": id.0})),
+            }
+        }
+        Err((status, msg)) => Reply::error(status, msg),
+    }
+}
+
+async fn add_server(body: &[u8], api: &impl Api) -> Reply {
+    let new: NewServer = match serde_json::from_slice(body) {
+        Ok(n) => n,
+        Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
+    };
+    let spec = match parse_address(&new.address)
+        .and_then(|addr| spec_of(addr, new.weight, new.check, new.ttl))
+    {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    registered(api.register(spec, Mode::Create).await, api)
+}
+
+async fn put_server(addr: SocketAddr, body: &[u8], api: &impl Api) -> Reply {
+    let put: PutServer = if body.iter().all(u8::is_ascii_whitespace) {
+        PutServer::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
+        }
+    };
+    let spec = match spec_of(addr, put.weight, put.check, put.ttl) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    registered(api.register(spec, Mode::Upsert).await, api)
+}
+
+async fn metrics_reply(api: &impl Api) -> Reply {
+    let scrape = api.scrape().await;
+    let backends: Vec<BackendMetrics> = api
+        .backends()
+        .iter()
+        .map(|b| BackendMetrics {
+            id: b.backend.id,
+            name: b.backend.name.clone(),
+            up: b.up,
+            breaker: b.breaker.as_number(),
+            checks_ok: b.checks_ok,
+            checks_failed: b.checks_failed,
+        })
+        .collect();
+    let mut text = metrics::render(&scrape, &backends);
+    if let Some(c) = api.cluster() {
+        metrics::render_cluster(
+            &mut text,
+            metrics::ClusterMetrics {
+                connected: c.connected,
+                resyncs: c.resyncs,
+                revision: c.revision,
+            },
+        );
+    }
+    Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        body: text.into_bytes(),
+    }
+}

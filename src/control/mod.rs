@@ -1,0 +1,164 @@
+//! The control executor: everything that is not the request path.
+//!
+//! One unpinned glommio executor owns the backends' health, the running
+//! configuration, registrations (admin API, TTLs, etcd) and the admin
+//! listener, and talks to every worker over that worker's two shared
+//! channels. Each concern is a task that sleeps until its own event:
+//!
+//! - [`links`]: the outboxes to the workers and their answers (reports,
+//!   metrics), each channel driven by one forwarding task;
+//! - [`probes`]: one active-check loop per backend (when to check; *what* a
+//!   check is lives in [`crate::health::probe`]);
+//! - [`timers`]: heartbeats, breakers half-opening, TTL expiry;
+//! - [`registry`]: admin and etcd registrations, and the etcd follower;
+//! - [`reload`]: SIGHUP and `POST /reload`;
+//! - [`api`]: the typed handle the admin listener ([`crate::admin`]) calls;
+//! - [`plane`]: the state those tasks share.
+//!
+//! Signals arrive as messages over a [`bridge`]; SIGTERM ends the loop in
+//! [`run`], which tells every worker to drain and returns.
+
+pub mod api;
+pub mod links;
+pub mod plane;
+pub mod probes;
+pub mod registry;
+pub mod reload;
+pub mod timers;
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+
+use crate::backend::Backend;
+use crate::channel::Outbox;
+use crate::channel::bridge;
+use crate::channel::link::{connect_receiver, connect_sender, forward};
+use crate::config::Config;
+use crate::health::CheckSpec;
+use crate::liveness::Liveness;
+use crate::messages::{FromWorker, ToWorker};
+use links::Links;
+use plane::Plane;
+
+/// Longest the control executor waits to hand a worker its shutdown
+/// message (a stalled worker must not hold up the others).
+const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(1);
+
+/// What the signal thread tells the control executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGINT/SIGTERM: drain and stop.
+    Terminate,
+}
+
+/// What the control executor needs to start.
+pub struct ControlParts {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Where the configuration was read from (for reloads).
+    pub config_path: PathBuf,
+    /// Every configured backend.
+    pub backends: Vec<Arc<Backend>>,
+    /// One control channel per worker.
+    pub to_workers: Vec<SharedSender<ToWorker>>,
+    /// One report channel per worker.
+    pub from_workers: Vec<SharedReceiver<FromWorker>>,
+    /// Signals, from the signal thread.
+    pub signals: bridge::Receiver<Signal>,
+    /// The admin listener, when enabled (bound by the runtime).
+    pub admin: Option<OwnedFd>,
+    /// The etcd thread, in cluster mode.
+    pub cluster: Option<crate::cluster::Handle>,
+    /// Heartbeat stamps of every executor.
+    pub liveness: Arc<Liveness>,
+}
+
+/// Runs the control executor until a termination signal, then tells every
+/// worker to drain and returns.
+pub async fn run(parts: ControlParts) {
+    let ControlParts {
+        config,
+        config_path,
+        backends,
+        to_workers,
+        from_workers,
+        signals,
+        admin,
+        mut cluster,
+        liveness,
+    } = parts;
+    let mut outboxes = Vec::with_capacity(to_workers.len());
+    for s in to_workers {
+        outboxes.push(Outbox::new(connect_sender(s).await));
+    }
+    let mut inboxes = Vec::with_capacity(from_workers.len());
+    for r in from_workers {
+        inboxes.push(forward(connect_receiver(r).await));
+    }
+    let cluster_events = cluster.as_mut().and_then(|c| c.take_events());
+    let plane = Rc::new(Plane::new(
+        config.clone(),
+        config_path,
+        backends.clone(),
+        Links::new(outboxes),
+        cluster.map(registry::ClusterState::new),
+        liveness,
+    ));
+    plane.publish();
+    for b in &backends {
+        plane.spawn_probe(b.clone(), CheckSpec::Http(config.health_check_path.clone()));
+    }
+
+    let mut tasks = Vec::new();
+    for (inbox, forwarder) in inboxes {
+        tasks.push(forwarder);
+        let plane = plane.clone();
+        tasks.push(glommio::spawn_local(async move {
+            while let Some(msg) = inbox.recv().await {
+                match msg {
+                    FromWorker::Report(report) => plane.on_report(report),
+                    FromWorker::Metrics(seq, snap) => plane.links.on_metrics(seq, *snap),
+                }
+            }
+        }));
+    }
+    tasks.push(glommio::spawn_local(timers::run(plane.clone())));
+    if let Some(events) = cluster_events {
+        tasks.push(glommio::spawn_local(plane.clone().follow_cluster(events)));
+    }
+    if let Some(fd) = admin {
+        // SAFETY: the runtime bound this listening socket and handed its sole
+        // ownership to the control executor.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        tasks.push(glommio::spawn_local(crate::admin::serve(
+            listener,
+            api::Handle::new(plane.clone()),
+        )));
+    }
+    crate::fault::arm("control");
+    let mut signals = signals.attach();
+
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Reload => {
+                let _ = plane.reload();
+                // systemd shows the unit "reloading" until it hears READY
+                // again, whether the reload was applied or refused.
+                crate::sdnotify::ready();
+            }
+            Signal::Terminate => break,
+        }
+    }
+    plane.stop_probes();
+    for t in tasks {
+        t.cancel().await;
+    }
+    plane.links.shutdown(SHUTDOWN_HANDOFF).await;
+}

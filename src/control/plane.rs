@@ -1,0 +1,210 @@
+//! The control executor's state, shared by its tasks (core-local `Rc`):
+//! the health book, the running configuration, the links to the workers,
+//! the probe tasks, registrations and cluster state.
+//!
+//! Routing changes go out through [`Plane::publish`], which builds one
+//! snapshot and queues it for every worker without waiting.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::links::Links;
+use super::registry::ClusterState;
+use crate::backend::{Backend, BackendId};
+use crate::channel::local::Notify;
+use crate::config::Config;
+use crate::health::{CheckSpec, HealthBook, Report, Source};
+use crate::liveness::Liveness;
+use crate::messages::ToWorker;
+use crate::metrics::MetricsSnapshot;
+
+/// How often a removal checks whether the workers' requests to the removed
+/// backend have finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// The control executor's state.
+pub struct Plane {
+    /// Health state of every backend.
+    pub book: RefCell<HealthBook>,
+    pub(super) links: Links,
+    config: RefCell<Arc<Config>>,
+    pub(super) config_path: PathBuf,
+    probes: RefCell<HashMap<BackendId, glommio::Task<()>>>,
+    next_id: Cell<u32>,
+    /// Cluster mode state (None without a `[cluster]` section).
+    pub cluster: Option<ClusterState>,
+    /// Deadlines of local (non-cluster) TTL registrations.
+    pub(super) expiry: RefCell<HashMap<BackendId, Instant>>,
+    /// Heartbeat stamps of every executor.
+    pub liveness: Arc<Liveness>,
+    /// Wakes the timer task when a deadline it sleeps towards changed (a
+    /// breaker opened, a TTL was set).
+    pub(super) timers: Notify,
+}
+
+impl Plane {
+    /// State for a control executor with these links and backends.
+    pub(super) fn new(
+        config: Arc<Config>,
+        config_path: PathBuf,
+        backends: Vec<Arc<Backend>>,
+        links: Links,
+        cluster: Option<ClusterState>,
+        liveness: Arc<Liveness>,
+    ) -> Self {
+        let next_id = backends.iter().map(|b| b.id.0 + 1).max().unwrap_or(0);
+        Plane {
+            book: RefCell::new(HealthBook::new(&config, backends)),
+            links,
+            config: RefCell::new(config),
+            config_path,
+            probes: RefCell::new(HashMap::new()),
+            next_id: Cell::new(next_id),
+            cluster,
+            expiry: RefCell::new(HashMap::new()),
+            liveness,
+            timers: Notify::new(),
+        }
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    pub(super) fn set_config(&self, c: Arc<Config>) {
+        *self.config.borrow_mut() = c;
+    }
+
+    /// Number of request workers.
+    pub fn workers(&self) -> usize {
+        self.links.workers()
+    }
+
+    /// A fresh backend id.
+    pub(super) fn next_backend_id(&self) -> BackendId {
+        let id = BackendId(self.next_id.get());
+        self.next_id.set(id.0 + 1);
+        id
+    }
+
+    /// Builds a new snapshot and queues it for every worker (a newer one
+    /// replaces an unsent older one). Never waits.
+    pub fn publish(&self) {
+        let snap = self.book.borrow_mut().snapshot();
+        self.links.broadcast(|| ToWorker::Snapshot(snap.clone()));
+    }
+
+    /// Asks every worker for its metrics and waits for the answers.
+    pub async fn scrape(&self) -> Vec<MetricsSnapshot> {
+        self.links.scrape().await
+    }
+
+    /// Applies a worker's passive report; publishes on a change.
+    pub fn on_report(&self, report: Report) {
+        let changed = {
+            let mut book = self.book.borrow_mut();
+            match book.index_of(&report) {
+                Some(i) => book.observe_report(i, report.outcome, Instant::now()),
+                None => false,
+            }
+        };
+        if changed {
+            self.publish();
+            // A breaker may have opened: the timer task sleeps until it
+            // half-opens.
+            self.timers.notify();
+        }
+    }
+
+    /// Adds a backend from the admin API or the cluster registry; returns
+    /// its id. It enters rotation once its first check passes.
+    pub fn add_backend(
+        self: &Rc<Self>,
+        name: String,
+        addr: SocketAddr,
+        weight: u32,
+        check: CheckSpec,
+        source: Source,
+    ) -> BackendId {
+        let id = self.next_backend_id();
+        let backend = Arc::new(Backend::new(id, name, addr, weight));
+        self.book
+            .borrow_mut()
+            .add(backend.clone(), check.clone(), source);
+        self.spawn_probe(backend, check);
+        id
+    }
+
+    /// Removes a backend: no new requests (a snapshot without it), then
+    /// waits until no worker has a request in flight to it (bounded by
+    /// `shutdown_timeout`). Returns false for an unknown id.
+    pub async fn remove_backend(self: &Rc<Self>, id: BackendId) -> bool {
+        if !self.forget(id) {
+            return false;
+        }
+        self.publish();
+        self.drain(id).await;
+        true
+    }
+
+    /// Drops backend `id` from the book and stops probing it; the caller
+    /// publishes. Returns false for an unknown id.
+    pub fn forget(&self, id: BackendId) -> bool {
+        if !self.book.borrow_mut().remove(id) {
+            return false;
+        }
+        self.probes.borrow_mut().remove(&id);
+        self.expiry.borrow_mut().remove(&id);
+        true
+    }
+
+    /// Waits until no worker has a request in flight to `id` (bounded by
+    /// `shutdown_timeout`). Polls the workers' counters: a removal is rare
+    /// and bounded, and an event per finished request would put a
+    /// cross-core message on the request path.
+    pub async fn drain(self: &Rc<Self>, id: BackendId) {
+        let deadline = Instant::now() + self.config().shutdown_timeout;
+        while Instant::now() < deadline {
+            let busy: u64 = self
+                .scrape()
+                .await
+                .iter()
+                .filter_map(|m| m.backends.get(&id))
+                .map(|c| c.inflight)
+                .sum();
+            if busy == 0 {
+                break;
+            }
+            glommio::timer::sleep(DRAIN_POLL).await;
+        }
+        info!(backend = id.0, "backend removed");
+    }
+
+    /// Starts (or restarts) the probe loop of `backend`.
+    pub fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
+        let id = backend.id;
+        let task = glommio::spawn_local(super::probes::probe_loop(self.clone(), backend, check));
+        self.probes.borrow_mut().insert(id, task);
+    }
+
+    /// Restarts every probe (after a reload changed settings or the set).
+    pub(super) fn restart_probes(self: &Rc<Self>) {
+        self.probes.borrow_mut().clear();
+        for info in self.book.borrow().views() {
+            self.spawn_probe(info.backend, info.check);
+        }
+    }
+
+    /// Stops every probe.
+    pub(super) fn stop_probes(&self) {
+        self.probes.borrow_mut().clear();
+    }
+}
