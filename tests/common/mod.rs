@@ -394,17 +394,35 @@ pub fn spawn_balancer(config: &Config, extra_args: &[&str]) -> Balancer {
 }
 
 pub fn spawn_balancer_toml(toml: &str, extra_args: &[&str]) -> Balancer {
+    spawn_balancer_with(toml, extra_args, &[], &[])
+}
+
+/// Like [`spawn_balancer_toml`], with extra environment variables and a
+/// command prefix (e.g. `["prlimit", "--nofile=1024:1024"]`).
+pub fn spawn_balancer_with(
+    toml: &str,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+    prefix: &[&str],
+) -> Balancer {
     let file = write_temp_file(toml, ".toml");
-    let child = Command::new(BALANCER_BIN)
-        .arg("-f")
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BALANCER_BIN);
+            c
+        }
+        None => Command::new(BALANCER_BIN),
+    };
+    cmd.arg("-f")
         .arg(&file.path)
         .args(extra_args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ekilibri");
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn ekilibri");
     let mut guard = ProcGuard::new("ekilibri", child);
     let stderr_lines = Lines::default();
     let stdout_lines = Lines::default();
