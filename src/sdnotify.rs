@@ -22,10 +22,10 @@ pub const RELOADING: &str = "RELOADING=1";
 /// set, is our pid.
 pub fn watchdog_period() -> Option<std::time::Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok()? != std::process::id()
+    {
+        return None;
     }
     (usec > 0).then(|| std::time::Duration::from_micros(usec))
 }

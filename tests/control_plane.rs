@@ -134,10 +134,10 @@ fn the_watchdog_is_fed_only_while_every_executor_answers() {
             let end = Instant::now() + Duration::from_secs(9);
             let mut buf = [0u8; 512];
             while Instant::now() < end {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
-                        pings.lock().unwrap().push(Instant::now());
-                    }
+                if let Ok(n) = sock.recv(&mut buf)
+                    && String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1")
+                {
+                    pings.lock().unwrap().push(Instant::now());
                 }
             }
         })

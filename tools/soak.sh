@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# Soak test: a few minutes of steady load through ekilibri to 3 local
-# backends while one backend at a time is killed and restarted, sampling the
-# balancer's RSS and open descriptors. Loopback only, bounded in time.
+# Soak test: a long run of steady traffic through ekilibri to 3 local
+# backends while everything the control plane does keeps happening: a
+# backend killed and restarted, SIGHUP reloads that change weights, admin
+# API additions and removals, TTL registrations that expire, and metrics
+# scrapes. Samples the balancer's RSS and open descriptors, then stops it
+# with SIGTERM, which must exit 0. Loopback only, bounded in time.
 #
-#   tools/soak.sh            # 180 s
-#   tools/soak.sh 120        # 2 min
+#   tools/soak.sh            # 1200 s (20 min): long enough to cross the
+#                            # 14-minute mark of the old waker overflow
+#   tools/soak.sh 1800       # 30 min
 #
 # Environment: WARMUP (s, default 60) before the reference sample,
-# KILL_EVERY (s, default 20; 0 never kills),
-# CONNECTIONS (default 32) client connections, WORKERS (default: CPUs),
+# RATE (req/s, default 2000, open loop with ekilibri-loadgen; 0 runs wrk
+# flat out instead), CONNECTIONS (default 32), WORKERS (default: CPUs),
+# KILL_EVERY (s, default 60; 0 never kills), RELOAD_EVERY (s, default 60),
+# ADMIN_EVERY (s, default 30), INTERVAL (s, default 10) between samples,
 # GROWTH_PCT (default 20) allowed growth of RSS and fds from the first
 # post-warm-up sample to the end.
 #
-# Every 20 s a backend is killed (SIGKILL) and restarted on the same port
-# 10 s later, round robin over the three. Every 5 s a row is printed:
-# elapsed, VmRSS (KiB), open fds, and the event of that period. Fails (exit 1)
-# if the balancer dies, or if RSS or fds at the end exceed the first
-# post-warm-up sample by more than GROWTH_PCT %.
+# A killed backend is restarted on the same port 10 s later, round robin
+# over the three. Every ADMIN_EVERY s a fourth backend is added with
+# POST /servers or removed with DELETE (alternately), and a fifth is
+# registered with PUT and a 5 s TTL that is never renewed. Every INTERVAL
+# s /metrics is scraped and a row is printed: elapsed, VmRSS (KiB), open
+# fds, events. Fails (exit 1) if the balancer dies, an admin call fails,
+# RSS or fds at the end exceed the reference sample by more than
+# GROWTH_PCT %, or SIGTERM does not end it with status 0 within 20 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration="${1:-180}"
+duration="${1:-1200}"
 warmup="${WARMUP:-60}"
 conns="${CONNECTIONS:-32}"
 growth="${GROWTH_PCT:-20}"
-interval=5
-kill_every="${KILL_EVERY:-20}"
+interval="${INTERVAL:-10}"
+kill_every="${KILL_EVERY:-60}"
+reload_every="${RELOAD_EVERY:-60}"
+admin_every="${ADMIN_EVERY:-30}"
+rate="${RATE:-2000}"
 down_for=10
 case "$duration" in '' | *[!0-9]*) echo "usage: $0 [seconds]" >&2; exit 2 ;; esac
 if [ "$duration" -le $((warmup + 2 * interval)) ]; then
@@ -39,8 +51,8 @@ back_bin=target/release/ekilibri-backend
 loadgen_bin=target/release/ekilibri-loadgen
 
 tmp="$(mktemp -d /tmp/ekilibri-soak.XXXXXX)"
-back_pid=("" "" "")
-back_port=("" "" "")
+back_pid=("" "" "" "" "")
+back_port=("" "" "" "" "")
 bal_pid=""
 load_pid=""
 cleanup() {
@@ -77,33 +89,61 @@ start_backend() { # index [port]
     back_port[i]="$(wait_port "$tmp/backend$i.log" "${back_pid[i]}")"
 }
 
-for i in 0 1 2; do start_backend "$i"; done
-cat >"$tmp/ekilibri.toml" <<EOF
+for i in 0 1 2 3 4; do start_backend "$i"; done
+# Backends 0-2 are configured; 3 comes and goes through POST/DELETE; 4 is
+# registered with a TTL that expires.
+write_config() { # weight of backend 0
+    cat >"$tmp/ekilibri.toml" <<EOF
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-servers = ["127.0.0.1:${back_port[0]}", "127.0.0.1:${back_port[1]}", "127.0.0.1:${back_port[2]}"]
-strategy = "RoundRobin"
+servers = [{ address = "127.0.0.1:${back_port[0]}", weight = $1 }, "127.0.0.1:${back_port[1]}", "127.0.0.1:${back_port[2]}"]
+strategy = "WeightedRoundRobin"
 health_check_interval = 500
 connection_timeout = 500
 read_timeout = 2000
 write_timeout = 2000
 EOF
-[ -n "${WORKERS:-}" ] && echo "workers = $WORKERS" >>"$tmp/ekilibri.toml"
+    [ -n "${WORKERS:-}" ] && echo "workers = $WORKERS" >>"$tmp/ekilibri.toml"
+    return 0
+}
+write_config 1
 RUST_LOG=info "$bal_bin" -f "$tmp/ekilibri.toml" >"$tmp/balancer.out" 2>"$tmp/balancer.log" &
 bal_pid=$!
 bal_port="$(wait_port "$tmp/balancer.log" "$bal_pid")"
+admin_port=""
+for _ in $(seq 1 100); do
+    admin_port="$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/balancer.log" | grep -o 'admin API.*http://127\.0\.0\.1:[0-9]*' | head -1 | grep -o '[0-9]*$' || true)"
+    [ -n "$admin_port" ] && break
+    sleep 0.05
+done
+[ -n "$admin_port" ] || { echo "no admin API line in the log" >&2; exit 1; }
+admin="http://127.0.0.1:$admin_port"
 url="http://127.0.0.1:$bal_port/"
-echo "soak: ${duration} s, balancer pid $bal_pid on :$bal_port, backends :${back_port[*]}, $conns connections"
+echo "soak: ${duration} s, balancer pid $bal_pid on :$bal_port (admin :$admin_port), backends :${back_port[*]}, $conns connections"
 
-if command -v wrk >/dev/null; then
+if [ "$rate" = 0 ] && command -v wrk >/dev/null; then
     wrk -t1 -c"$conns" -d"${duration}s" --timeout 5s "$url" >"$tmp/load.log" 2>&1 &
     load="wrk"
 else
-    "$loadgen_bin" --url "$url" --rate 5000 --connections "$conns" --duration "${duration}s" \
+    [ "$rate" = 0 ] && rate=5000
+    "$loadgen_bin" --url "$url" --rate "$rate" --connections "$conns" --duration "${duration}s" \
         --timeout 5s >"$tmp/load.log" 2>&1 &
-    load="ekilibri-loadgen"
+    load="ekilibri-loadgen at $rate req/s"
 fi
 load_pid=$!
+
+# One admin call; fails the soak on an unexpected status.
+admin_call() { # method path expected-status(es, e.g. 200|201) [json body]
+    local code
+    code="$(curl -s -o "$tmp/admin.out" -w '%{http_code}' -X "$1" --max-time 20 \
+        -H 'Content-Type: application/json' ${4:+--data "$4"} "$admin$2" || echo 000)"
+    if ! [[ "$code" =~ ^($3)$ ]]; then
+        echo "FAIL: $1 $2 answered $code, expected $3: $(cat "$tmp/admin.out" 2>/dev/null)"
+        exit 1
+    fi
+}
+added=""
+weight=1
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$bal_pid/status"; }
 fds() { ls "/proc/$bal_pid/fd" | wc -l; }
@@ -132,6 +172,26 @@ while [ "$t" -lt "$duration" ]; do
         event+="restarted backend $down (:${back_port[down]}) "
         down=""
     fi
+    if [ "$reload_every" -gt 0 ] && [ $((t / reload_every)) -gt $(((t - interval) / reload_every)) ]; then
+        weight=$((weight % 3 + 1))
+        write_config "$weight"
+        kill -HUP "$bal_pid"
+        event+="SIGHUP (weight $weight) "
+    fi
+    if [ "$admin_every" -gt 0 ] && [ $((t / admin_every)) -gt $(((t - interval) / admin_every)) ]; then
+        if [ -z "$added" ]; then
+            admin_call POST /servers 201 "{\"address\": \"127.0.0.1:${back_port[3]}\"}"
+            added=1
+            event+="POST /servers "
+        else
+            admin_call DELETE "/servers/127.0.0.1:${back_port[3]}" 204
+            added=""
+            event+="DELETE /servers "
+        fi
+        admin_call PUT "/servers/127.0.0.1:${back_port[4]}" '200|201' '{"ttl": 5}'
+        event+="PUT ttl=5 "
+    fi
+    admin_call GET /metrics 200
     if [ -z "$down" ] && [ "$kill_every" -gt 0 ] \
         && [ $((t / kill_every)) -gt $(((t - interval) / kill_every)) ] \
         && [ $((t + down_for)) -lt "$duration" ]; then
@@ -177,6 +237,29 @@ if [ "$last_fds" -gt "$limit_fds" ]; then
 fi
 if ! kill -0 "$bal_pid" 2>/dev/null; then
     echo "FAIL: the balancer died"
+    fail=1
+else
+    kill -TERM "$bal_pid"
+    status=""
+    for _ in $(seq 1 200); do
+        if ! kill -0 "$bal_pid" 2>/dev/null; then
+            wait "$bal_pid" && status=0 || status=$?
+            break
+        fi
+        sleep 0.1
+    done
+    bal_pid=""
+    if [ "$status" = 0 ]; then
+        echo "SIGTERM: exited 0"
+    else
+        echo "FAIL: SIGTERM: exit status '${status:-still running after 20 s}'"
+        fail=1
+    fi
+fi
+panics="$(grep -c 'panic' "$tmp/balancer.log" || true)"
+echo "log: $(grep -c 'configuration reloaded:' "$tmp/balancer.log" || true) reloads applied, $(grep -c 'registration expired' "$tmp/balancer.log" || true) TTL expiries, $panics panic lines"
+if [ "$panics" != 0 ]; then
+    grep 'panic' "$tmp/balancer.log" | head -5
     fail=1
 fi
 [ "$fail" = 0 ] && echo "soak: PASS"
