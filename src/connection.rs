@@ -74,7 +74,12 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
             Err(e) => {
                 debug!(peer = %peer, "rejecting request: {e}");
                 if let Some(status) = e.status() {
-                    let resp = canned::error_response(status, true);
+                    // A HEAD answer ends at its head, even before a close.
+                    let resp = if request::is_head(client.buf.filled()) {
+                        canned::error_response_to_head(status, true)
+                    } else {
+                        canned::error_response(status, true)
+                    };
                     let _ = client.stream.write_all(&resp).await;
                     let served = Served {
                         keep: false,

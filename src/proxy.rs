@@ -244,7 +244,12 @@ pub async fn handle(
                 && body_done
                 && e.source_side() != ErrorSource::Client
                 && !w.draining();
-            let resp = canned::error_response(status, !keep);
+            // A HEAD answer ends at its head, whoever makes it.
+            let resp = if req.method == Method::Head {
+                canned::error_response_to_head(status, !keep)
+            } else {
+                canned::error_response(status, !keep)
+            };
             if c.stream.write_all(&resp).await.is_err() {
                 return Served::gone(last_backend);
             }

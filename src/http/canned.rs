@@ -26,6 +26,15 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The error response for a request whose method is HEAD: the head of
+/// [`error_response`], `Content-Length` included, without the body (RFC 9110
+/// §9.3.2), so a pipelining client reads the next response where it starts.
+pub fn error_response_to_head(status: u16, close: bool) -> Vec<u8> {
+    let mut r = error_response(status, close);
+    r.truncate(r.len() - reason(status).len() - 1);
+    r
+}
+
 /// Builds an error response. `close` adds `Connection: close`.
 pub fn error_response(status: u16, close: bool) -> Vec<u8> {
     let reason = reason(status);
@@ -48,5 +57,18 @@ mod tests {
         assert!(r.contains("Content-Length: 12\r\n"));
         assert!(r.contains("Connection: close\r\n"));
         assert!(r.ends_with("\r\n\r\nBad Gateway\n"));
+    }
+
+    #[test]
+    fn error_response_to_head_has_no_body() {
+        for status in [400, 502, 504, 599] {
+            let full = error_response(status, false);
+            let head = error_response_to_head(status, false);
+            assert!(head.ends_with(b"\r\n\r\n"), "{status}");
+            assert!(full.starts_with(&head), "{status}");
+            let body = &full[head.len()..];
+            let cl = format!("Content-Length: {}\r\n", body.len());
+            assert!(String::from_utf8_lossy(&head).contains(&cl), "{status}");
+        }
     }
 }

@@ -14,6 +14,12 @@ use super::{has_bare_lf, is_hop_by_hop};
 pub const MAX_SIZE_LINE: usize = 4096;
 /// Largest trailer section accepted.
 pub const MAX_TRAILERS: usize = 16 * 1024;
+/// Largest chunk size accepted: 1 TiB. No real body sends a single chunk
+/// this large, while sizes near 2^63 or 2^64 only probe the next hop's
+/// arithmetic (a signed or narrower parser there reads another size, which
+/// is a smuggling route) and would hold the connection open for a body that
+/// never comes. nginx and HAProxy refuse such sizes at once too.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 40;
 
 /// What the decoder writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +191,9 @@ fn parse_size_line(line: &[u8]) -> Result<u64, &'static str> {
         };
         size = (size << 4) | u64::from(v);
     }
+    if size > MAX_CHUNK_SIZE {
+        return Err("chunk size too large");
+    }
     let ext = &body[digits..];
     if !ext.is_empty() {
         let after_ws = ext
@@ -221,8 +230,12 @@ fn check_trailer_line(line: &[u8]) -> Result<&[u8], &'static str> {
 
 /// Trailers that would change framing, routing or the connection are never
 /// forwarded (RFC 9110 §6.5.1): they are dropped, not merged into the head.
+/// Names with `_` are dropped as in request heads (a backend may read
+/// `X_Foo` as `X-Foo`); the decoder serves both directions, so response
+/// trailers lose them too.
 fn trailer_allowed(name: &[u8]) -> bool {
     !is_hop_by_hop(name)
+        && !name.contains(&b'_')
         && !name.eq_ignore_ascii_case(b"host")
         && !name.eq_ignore_ascii_case(b"expect")
         && !name.eq_ignore_ascii_case(b"x-forwarded-for")
@@ -335,6 +348,34 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn chunk_sizes_are_bounded() {
+        let at_max = format!("{MAX_CHUNK_SIZE:x}\r\n");
+        let mut d = ChunkedDecoder::new(Mode::Decode);
+        assert_eq!(
+            d.decode(at_max.as_bytes(), &mut Vec::new()),
+            Ok(at_max.len())
+        );
+        assert_eq!(d.data_remaining(), MAX_CHUNK_SIZE);
+        for size in [MAX_CHUNK_SIZE + 1, 0x7fff_ffff_ffff_ffff, u64::MAX] {
+            let line = format!("{size:x}\r\n");
+            let mut d = ChunkedDecoder::new(Mode::Rechunk);
+            let mut out = Vec::new();
+            assert_eq!(
+                d.decode(line.as_bytes(), &mut out),
+                Err("chunk size too large")
+            );
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn trailer_names_with_underscore_are_dropped() {
+        let input = b"0\r\nX_Under: 1\r\nX-Ok: 2\r\nx_forwarded_for: 3\r\n\r\n";
+        let (out, _) = run(Mode::Rechunk, input, input.len()).unwrap();
+        assert_eq!(out, b"0\r\nX-Ok: 2\r\n\r\n");
     }
 
     // ---- Property tests (deterministic PRNG, no crates) ----

@@ -32,8 +32,10 @@ pub enum BodyFraming {
 /// Headers that describe one connection rather than the message; a proxy
 /// never forwards them (RFC 9110 §7.6.1). `transfer-encoding` and
 /// `content-length` are re-emitted by us in canonical form instead.
+/// `http2-settings` only means something with an `h2c` upgrade, which is
+/// never forwarded (RFC 9113 §3.1 leaves h2c upgrades deprecated).
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 8] = [
+    const HOP: [&[u8]; 9] = [
         b"connection",
         b"keep-alive",
         b"te",
@@ -42,6 +44,7 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
         b"upgrade",
         b"transfer-encoding",
         b"content-length",
+        b"http2-settings",
     ];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }

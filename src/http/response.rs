@@ -6,8 +6,10 @@
 //! `HTTP/1.1`, the backend's header lines copied in runs, hop-by-hop headers
 //! dropped, and canonical framing and `Connection` headers appended. A
 //! response whose framing is ambiguous (both Content-Length and
-//! Transfer-Encoding, conflicting lengths, a body on 204) is refused with a
-//! 502 so it can never desynchronise the client connection.
+//! Transfer-Encoding, conflicting lengths, a body on 204), whose body has a
+//! transfer coding other than chunked (we cannot remove a coding without
+//! decoding it, RFC 9112 §6.1), or whose status is outside 100-599 is
+//! refused with a 502 so it can never desynchronise or mislead the client.
 
 use std::mem::MaybeUninit;
 
@@ -87,6 +89,9 @@ pub fn parse(
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err(ProxyError::BadResponse("malformed status line"));
     };
+    if !(100..=599).contains(&status) {
+        return Err(ProxyError::BadResponse("status code outside 100-599"));
+    }
     let headers = &*resp.headers;
 
     let mut content_length: Option<u64> = None;
@@ -94,6 +99,7 @@ pub fn parse(
     let mut te_seen = false;
     let mut te_last_chunked = false;
     let mut te_chunked_count = 0u32;
+    let mut te_other = false;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut conn_tokens: Vec<&[u8]> = Vec::new();
@@ -126,6 +132,8 @@ pub fn parse(
                     te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
                     if te_last_chunked {
                         te_chunked_count += 1;
+                    } else {
+                        te_other = true;
                     }
                 }
             }
@@ -151,7 +159,9 @@ pub fn parse(
         }
         BodyFraming::None
     } else if te_seen {
-        if !te_last_chunked || te_chunked_count != 1 {
+        // `gzip, chunked` relayed as `chunked` would hand the client gzip
+        // bytes as the payload; we do not decode, so we refuse.
+        if !te_last_chunked || te_chunked_count != 1 || te_other {
             return Err(ProxyError::BadResponse(
                 "unsupported response transfer coding",
             ));
@@ -329,6 +339,24 @@ mod tests {
         assert!(bad(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn codings_other_than_chunked_and_odd_statuses_are_refused() {
+        assert!(bad(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        ));
+        assert!(bad(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        for status in ["000", "099", "600", "999"] {
+            let raw = format!("HTTP/1.1 {status} Odd\r\nContent-Length: 0\r\n\r\n");
+            assert!(bad(raw.as_bytes()), "{status}");
+        }
+        for status in [100, 599] {
+            let raw = format!("HTTP/1.1 {status} Edge\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(ok(raw.as_bytes(), C11).0.status, status);
+        }
     }
 
     #[test]
