@@ -11,9 +11,12 @@
 //! - a backend failed before any response byte (closed, reset, read
 //!   timeout): retry on another backend if the method is idempotent (or
 //!   `retry_non_idempotent` is set) and the body is still in our buffer;
-//! - a *reused* keep-alive connection failed before any response byte: the
-//!   backend probably closed it while idle; retry once on a fresh connection
-//!   (idempotent, replayable requests), without spending the budget.
+//! - a *reused* keep-alive connection was closed or reset before any
+//!   response byte: the backend probably closed it while idle; retry once on
+//!   a fresh connection (idempotent, replayable requests), without spending
+//!   the budget. A timeout is never taken for a stale connection: the backend
+//!   has the request and is slow, so it is a plain failure (504 when it is
+//!   not retried), and a second stale-looking failure is one too.
 //!
 //! Retries are bounded by `retries`, spaced by capped exponential backoff
 //! with jitter, and paid from the worker's retry budget. Whatever is not
@@ -75,9 +78,11 @@ impl Served {
 enum Attempt {
     /// The response was relayed (or the client went away).
     Done(Served),
-    /// A reused keep-alive connection failed before any response byte: the
-    /// backend probably closed it while idle. Try once more on a fresh one.
-    Stale,
+    /// A reused keep-alive connection was closed or reset before any
+    /// response byte: the backend probably closed it while idle. Try once
+    /// more on a fresh one; if that was already done, this is a
+    /// [`Attempt::Fail`] with the same error and `retry_safe`.
+    Stale(ProxyError, bool),
     /// Failed; `retry_safe` when the request provably did not take effect
     /// or may safely be sent again.
     Fail(ProxyError, bool),
@@ -175,6 +180,11 @@ pub async fn handle(
             // The request never left: always safe to send elsewhere.
             Err(e) => Attempt::Fail(e, true),
         };
+        let outcome = match outcome {
+            // Only one free retry: a second stale-looking failure is a real one.
+            Attempt::Stale(e, retry_safe) if stale_retry_used => Attempt::Fail(e, retry_safe),
+            o => o,
+        };
         match outcome {
             Attempt::Done(served) => {
                 // A client that went away (499) is not a backend failure.
@@ -182,11 +192,11 @@ pub async fn handle(
                     .record_attempt(backend.id, served.from_backend || served.status == 499);
                 break Ok(served);
             }
-            Attempt::Stale if !stale_retry_used => {
+            Attempt::Stale(e, _) => {
+                debug!(backend = %backend.name, "stale pooled connection: {e}");
                 stale_retry_used = true;
                 fresh = true;
             }
-            Attempt::Stale => break Err(ProxyError::BackendClosed),
             Attempt::Fail(e, retry_safe) => {
                 if e.source_side() == ErrorSource::Backend {
                     w.metrics.record_attempt(backend.id, false);
@@ -309,8 +319,8 @@ async fn attempt(
 
     // 1. Send the head and the body.
     if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
-        if e.source_side() == ErrorSource::Backend && may_retry_stale {
-            return Attempt::Stale;
+        if may_retry_stale && looks_stale(&e) {
+            return Attempt::Stale(e, retry_safe);
         }
         return Attempt::Fail(e, retry_safe);
     }
@@ -335,8 +345,8 @@ async fn attempt(
             }
             Ok(h) => break h,
             Err((e, got_bytes)) => {
-                if !got_bytes && may_retry_stale && e.source_side() == ErrorSource::Backend {
-                    return Attempt::Stale;
+                if !got_bytes && may_retry_stale && looks_stale(&e) {
+                    return Attempt::Stale(e, retry_safe);
                 }
                 return Attempt::Fail(e, retry_safe && !got_bytes);
             }
@@ -403,6 +413,14 @@ async fn attempt(
             })
         }
     }
+}
+
+/// Whether a failure on a reused connection looks like the backend closed it
+/// while it sat in the pool (close, reset, broken pipe). A timeout does not:
+/// the backend took the request and is slow, and trying it again on the same
+/// backend would only wait a second `read_timeout` and hide the 504.
+fn looks_stale(e: &ProxyError) -> bool {
+    matches!(e, ProxyError::BackendClosed | ProxyError::BackendIo(_))
 }
 
 /// Writes the head and streams the request body to the backend.
@@ -717,4 +735,20 @@ async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -
         0
     };
     head + future::or(down, up).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_closes_and_resets_look_stale() {
+        assert!(looks_stale(&ProxyError::BackendClosed));
+        assert!(looks_stale(&ProxyError::BackendIo(
+            std::io::ErrorKind::ConnectionReset.into()
+        )));
+        // A slow backend is not a stale connection.
+        assert!(!looks_stale(&ProxyError::BackendTimeout));
+        assert!(!looks_stale(&ProxyError::BadResponse("garbage")));
+    }
 }
