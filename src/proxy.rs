@@ -329,7 +329,8 @@ async fn attempt(
     let client_side = ClientSide {
         head_request: req.method == Method::Head,
         minor_version: req.minor_version,
-        keep_alive: req.keep_alive && !w.draining(),
+        // Narrowed by a drain when the head is parsed (read_response_head).
+        keep_alive: req.keep_alive,
         upgrade: req.upgrade,
     };
     let head = loop {
@@ -549,6 +550,13 @@ async fn read_response_head(
     let max = w.config().max_header_bytes;
     loop {
         if !conn.buf.is_empty() {
+            // Decided now, not when the request left: a drain that began
+            // while the backend worked must tell the client this connection
+            // closes after the response.
+            let client = ClientSide {
+                keep_alive: client.keep_alive && !w.draining(),
+                ..client
+            };
             match response::parse(conn.buf.filled(), max, client, out) {
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}

@@ -1,7 +1,9 @@
 //! Regression tests for proxy-path defects of issue 13, over real sockets:
 //!
 //! - defect 1: a read timeout on a warm (pooled) connection gives 504 within
-//!   `(retries + 1) × read_timeout` plus backoff, not 502 after an extra try.
+//!   `(retries + 1) × read_timeout` plus backoff, not 502 after an extra try;
+//! - defect 13a: a response finished during a graceful drain carries
+//!   `Connection: close`.
 
 mod common;
 
@@ -154,4 +156,47 @@ fn stale_pooled_connection_is_still_retried_once_for_free() {
         assert_eq!(r.status, 200, "GET {i}: {r:?}");
         assert_eq!(r.body, b"fresh", "GET {i}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// 13a. Connection: close on a response finished during a drain
+// ---------------------------------------------------------------------------
+
+#[test]
+fn response_finished_during_drain_says_connection_close() {
+    let backend = spawn_backend();
+    let tap = Tap::start(backend.port, b"/sleep");
+    let config = Config::new(&[tap.port])
+        .with("workers", "1")
+        .with("shutdown_timeout", "8000")
+        .with("read_timeout", "8000");
+    let mut balancer = spawn_balancer(&config, &[]);
+
+    let mut c = balancer.connect();
+    // A keep-alive request (HTTP/1.1 default) in flight when SIGTERM comes.
+    c.send(&build_request("GET", "/sleep?ms=1000", &[], b""));
+    assert!(
+        tap.wait_hit_after(0, Duration::from_secs(10)),
+        "the /sleep request never reached the backend"
+    );
+    balancer.guard.signal("TERM");
+
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let connection = resp.header("Connection").unwrap_or("");
+    assert!(
+        connection.eq_ignore_ascii_case("close"),
+        "a response finished during a drain must say `Connection: close`: {resp:?}"
+    );
+    // And the balancer does close it.
+    assert!(matches!(
+        c.wait_closed(Duration::from_secs(5)),
+        CloseState::Closed(_)
+    ));
+    assert!(
+        balancer
+            .guard
+            .wait_timeout(Duration::from_secs(8))
+            .is_some()
+    );
 }
