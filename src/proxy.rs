@@ -23,7 +23,12 @@
 //! retried is answered with 502 (bad or missing response), 503 (capacity) or
 //! 504 (timeout), and backend failures are reported to the health executor.
 
-use futures_lite::{AsyncWriteExt, future};
+use std::cell::Cell;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use tracing::debug;
 
@@ -209,7 +214,7 @@ pub async fn handle(
                 let can_retry = retry_safe
                     && retries_done < cfg.retries
                     && e.source_side() == ErrorSource::Backend
-                    && w.budget.borrow_mut().try_spend(std::time::Instant::now());
+                    && w.budget.borrow_mut().try_spend(Instant::now());
                 if !can_retry {
                     break Err(e);
                 }
@@ -364,7 +369,7 @@ async fn attempt(
 
     // 3. Relay the response.
     if head.switching {
-        let bytes = tunnel(c, conn, resp_out).await;
+        let bytes = tunnel(w, c, conn, resp_out).await;
         return Attempt::Done(Served {
             keep: false,
             status: 101,
@@ -709,9 +714,27 @@ async fn relay_body(
     }
 }
 
-/// After a 101: relays bytes both ways until either side closes (the client
-/// connection is done once the tunnel ends). Returns bytes sent to the client.
-async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
+/// After a 101: relays bytes both ways, each direction until it ends, and
+/// returns the bytes sent to the client. The client connection is done once
+/// the tunnel is.
+///
+/// ```text
+/// open --EOF one way--> half-closed --EOF the other way--> done
+///  |    (shutdown(Write)   |  (the remaining direction gets an
+///  |     towards the peer) |   idle timeout)
+///  +------error either way, or idle timeout-------------> done
+/// ```
+///
+/// A peer that half-closes (`shutdown(SHUT_WR)`) may still expect an
+/// answer, so its EOF is passed on as a half-close and the other direction
+/// keeps running. While both directions are open there is no timeout
+/// (tunnels such as WebSockets may idle for long); once one has ended, the
+/// other is closed after [`Config::read_timeout`] without a byte from the
+/// backend, or [`Config::client_body_timeout`] without one from the client.
+///
+/// [`Config::read_timeout`]: crate::config::Config::read_timeout
+/// [`Config::client_body_timeout`]: crate::config::Config::client_body_timeout
+async fn tunnel(w: &Worker, c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
     resp_out.extend_from_slice(conn.buf.filled());
     conn.buf.clear();
     if c.stream.write_all(resp_out).await.is_err() {
@@ -724,25 +747,110 @@ async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -
         }
         c.buf.clear();
     }
-    // Tunnels are long-lived and may idle: no per-read timeout on either side.
+    // Tunnels are long-lived and may idle: no per-read timeout on either
+    // side; the half-closed phase has its own idle timer below.
     let _ = c.stream.set_read_timeout(None);
     let _ = conn.stream.set_read_timeout(None);
+    let cfg = w.config();
+    let sent = Cell::new(head);
+    let active = Cell::new(Instant::now());
     let (mut cr, mut cw) = futures_lite::io::split(&mut c.stream);
     let (mut br, mut bw) = futures_lite::io::split(&mut conn.stream);
-    let up = async {
-        let _ = futures_lite::io::copy(&mut cr, &mut bw).await;
-        let _ = bw.close().await;
+    let mut up_buf = vec![0u8; TUNNEL_BUF];
+    let mut down_buf = vec![0u8; TUNNEL_BUF];
+    let mut up = pin!(pump(&mut cr, &mut bw, &mut up_buf, &active, None));
+    let mut down = pin!(pump(&mut br, &mut cw, &mut down_buf, &active, Some(&sent)));
+
+    // Open: both directions run until one ends. Neither future is dropped
+    // while the other may still be needed, so no read byte is lost.
+    let first = future::poll_fn(|cx| {
+        if let Poll::Ready(clean) = up.as_mut().poll(cx) {
+            return Poll::Ready((Direction::Up, clean));
+        }
+        if let Poll::Ready(clean) = down.as_mut().poll(cx) {
+            return Poll::Ready((Direction::Down, clean));
+        }
+        Poll::Pending
+    })
+    .await;
+
+    // Half-closed: the remaining direction runs until it ends or idles out.
+    active.set(Instant::now());
+    let finished = match first {
+        (_, false) => true,
+        (Direction::Up, true) => {
+            future::or(down.as_mut(), idle_timer(&active, cfg.read_timeout)).await
+        }
+        (Direction::Down, true) => {
+            future::or(up.as_mut(), idle_timer(&active, cfg.client_body_timeout)).await
+        }
     };
-    let down = async {
-        let n = futures_lite::io::copy(&mut br, &mut cw).await.unwrap_or(0);
-        let _ = cw.close().await;
-        n
-    };
-    let up = async {
-        up.await;
-        0
-    };
-    head + future::or(down, up).await
+    if !finished {
+        debug!(peer = %c.peer, "half-closed tunnel idle; closing");
+    }
+    sent.get()
+}
+
+/// Read size of each direction of a tunnel.
+const TUNNEL_BUF: usize = 16 * 1024;
+
+/// One direction of a tunnel.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// Client to backend.
+    Up,
+    /// Backend to client.
+    Down,
+}
+
+/// Copies `from` to `to` until EOF, then half-closes `to` (`shutdown(Write)`
+/// through `close`). Returns whether the direction ended cleanly (`false`
+/// on an error either side: the whole tunnel is then torn down). Marks
+/// `active` after every read and write; adds what it wrote to `sent`.
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    buf: &mut [u8],
+    active: &Cell<Instant>,
+    sent: Option<&Cell<u64>>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let n = match from.read(buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        active.set(Instant::now());
+        let Some(chunk) = buf.get(..n) else {
+            return false;
+        };
+        if to.write_all(chunk).await.is_err() {
+            return false;
+        }
+        active.set(Instant::now());
+        if let Some(sent) = sent {
+            sent.set(sent.get() + n as u64);
+        }
+    }
+    to.close().await.is_ok()
+}
+
+/// Completes (with `false`) once `active` is more than `idle` in the past.
+/// Each turn sleeps until the current deadline, so it wakes at most once per
+/// burst of activity.
+async fn idle_timer(active: &Cell<Instant>, idle: Duration) -> bool {
+    loop {
+        let deadline = active.get() + idle;
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        glommio::timer::sleep(deadline - now).await;
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //!
 //! - defect 1: a read timeout on a warm (pooled) connection gives 504 within
 //!   `(retries + 1) × read_timeout` plus backoff, not 502 after an extra try;
+//! - defect 10: an Upgrade tunnel relays each direction until it ends and
+//!   propagates a half-close, so an answer sent after EOF still arrives;
 //! - defect 13a: a response finished during a graceful drain carries
 //!   `Connection: close`.
 
@@ -9,9 +11,9 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -156,6 +158,279 @@ fn stale_pooled_connection_is_still_retried_once_for_free() {
         assert_eq!(r.status, 200, "GET {i}: {r:?}");
         assert_eq!(r.body, b"fresh", "GET {i}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// 10. Half-closed tunnels
+// ---------------------------------------------------------------------------
+
+/// What the tunnel origin does after its `101`.
+#[derive(Clone, Copy)]
+enum TunnelMode {
+    /// Reads until EOF, then answers `pong:<what it read>` and closes.
+    AnswerAfterEof,
+    /// Sends `hello`, half-closes, then reads until EOF.
+    HalfCloseFirst,
+    /// Reads until EOF, then keeps the connection open without a word
+    /// (until the origin is dropped, at most 8 s).
+    SilentAfterEof,
+    /// Echoes every byte until EOF.
+    Echo,
+}
+
+/// An upgrade-capable origin on std sockets. A request with an `Upgrade`
+/// header gets a `101` and then [`TunnelMode`]; anything else (health checks)
+/// gets an empty 200 and a close. Every tunnel reports what it read from
+/// the balancer on `received`.
+struct TunnelOrigin {
+    port: u16,
+    received: mpsc::Receiver<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TunnelOrigin {
+    fn start(mode: TunnelMode) -> TunnelOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("local addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, received) = mpsc::channel();
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (tx, stop) = (tx.clone(), stop2.clone());
+                        thread::spawn(move || serve_origin(s, mode, tx, &stop));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        TunnelOrigin {
+            port,
+            received,
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for TunnelOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads from `s` until EOF (or an error, or the socket's read timeout).
+fn read_until_eof(s: &mut TcpStream, mut got: Vec<u8>) -> Vec<u8> {
+    let mut tmp = [0u8; 4096];
+    loop {
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+fn serve_origin(mut s: TcpStream, mode: TunnelMode, tx: mpsc::Sender<Vec<u8>>, stop: &AtomicBool) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(8)));
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = find(&got, b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    if !head.contains("\r\nupgrade:") {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    let rest = got[end..].to_vec();
+    if s.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .is_err()
+    {
+        return;
+    }
+    match mode {
+        TunnelMode::AnswerAfterEof => {
+            let got = read_until_eof(&mut s, rest);
+            let mut answer = b"pong:".to_vec();
+            answer.extend_from_slice(&got);
+            let _ = s.write_all(&answer);
+            let _ = s.shutdown(Shutdown::Write);
+            let _ = tx.send(got);
+        }
+        TunnelMode::HalfCloseFirst => {
+            let _ = s.write_all(b"hello");
+            let _ = s.shutdown(Shutdown::Write);
+            let got = read_until_eof(&mut s, rest);
+            let _ = tx.send(got);
+        }
+        TunnelMode::SilentAfterEof => {
+            let got = read_until_eof(&mut s, rest);
+            let _ = tx.send(got);
+            // Holding the socket is the point: only the balancer may end it.
+            let _ = poll_until(Duration::from_secs(8), || {
+                stop.load(Ordering::SeqCst).then_some(())
+            });
+        }
+        TunnelMode::Echo => {
+            if s.write_all(&rest).is_err() {
+                return;
+            }
+            let mut tmp = [0u8; 4096];
+            loop {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&tmp[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n";
+
+fn tunnel_balancer(origin: &TunnelOrigin) -> Balancer {
+    spawn_balancer(
+        &Config::new(&[origin.port])
+            .with("workers", "1")
+            .with("read_timeout", "1000"),
+        &[],
+    )
+}
+
+fn open_tunnel(balancer: &Balancer) -> Conn {
+    let mut c = balancer.connect();
+    c.send(UPGRADE);
+    let head = c.read_head();
+    let (_, status, _, _) = parse_head(&head);
+    assert_eq!(status, 101, "{:?}", String::from_utf8_lossy(&head));
+    c
+}
+
+#[test]
+fn tunnel_client_half_close_still_gets_the_backend_answer() {
+    let origin = TunnelOrigin::start(TunnelMode::AnswerAfterEof);
+    let balancer = tunnel_balancer(&origin);
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let mut c = open_tunnel(&balancer);
+        let msg = format!("ping {i}");
+        c.send(msg.as_bytes());
+        c.shutdown_write();
+        let expected = format!("pong:{msg}");
+        match c.wait_closed(Duration::from_secs(5)) {
+            CloseState::Closed(got) if got == expected.as_bytes() => {}
+            other => failures.push((i, other)),
+        }
+        match origin.received.recv_timeout(Duration::from_secs(5)) {
+            Ok(got) if got == msg.as_bytes() => {}
+            other => failures.push((i, CloseState::Open(format!("{other:?}").into_bytes()))),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 20 half-closed tunnels lost data: {failures:?}",
+        failures.len()
+    );
+}
+
+#[test]
+fn tunnel_backend_half_close_still_relays_the_client_data() {
+    let origin = TunnelOrigin::start(TunnelMode::HalfCloseFirst);
+    let balancer = tunnel_balancer(&origin);
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let mut c = open_tunnel(&balancer);
+        // The backend's half-close reaches us as EOF after its bytes.
+        match c.wait_closed(Duration::from_secs(5)) {
+            CloseState::Closed(got) if got == b"hello" => {}
+            other => failures.push((i, format!("client saw {other:?}"))),
+        }
+        // Our direction is still open: what we send now reaches the backend.
+        let msg = format!("late {i}");
+        if let Err(e) = c.try_send(msg.as_bytes()) {
+            failures.push((i, format!("write after backend half-close: {e}")));
+        }
+        c.shutdown_write();
+        match origin.received.recv_timeout(Duration::from_secs(5)) {
+            Ok(got) if got == msg.as_bytes() => {}
+            other => failures.push((i, format!("backend read {other:?}"))),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures in 20 half-closed tunnels: {failures:?}",
+        failures.len()
+    );
+}
+
+#[test]
+fn half_closed_tunnel_idles_out_after_read_timeout() {
+    // The client half-closes and the backend never answers nor closes: the
+    // tunnel must not live forever, but it must wait `read_timeout` (1 s)
+    // for an answer first.
+    let origin = TunnelOrigin::start(TunnelMode::SilentAfterEof);
+    let balancer = tunnel_balancer(&origin);
+    let mut c = open_tunnel(&balancer);
+    c.send(b"bye");
+    c.shutdown_write();
+    let t = Instant::now();
+    let got = origin.received.recv_timeout(Duration::from_secs(5));
+    assert_eq!(
+        got.as_deref(),
+        Ok(&b"bye"[..]),
+        "the backend saw EOF after the data"
+    );
+    let state = c.wait_closed(Duration::from_secs(5));
+    let elapsed = t.elapsed();
+    assert_eq!(state, CloseState::Closed(Vec::new()), "after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "half-closed tunnel closed after {elapsed:?}, expected about read_timeout (1 s)"
+    );
+}
+
+#[test]
+fn open_tunnel_outlives_read_timeout_while_idle() {
+    // Both directions open: no idle timeout applies (WebSockets may idle).
+    let origin = TunnelOrigin::start(TunnelMode::Echo);
+    let balancer = tunnel_balancer(&origin);
+    let mut c = open_tunnel(&balancer);
+    c.send(b"one");
+    assert_eq!(c.read_exact_n(3), b"one");
+    // Idling past read_timeout (1 s) is the behaviour under test.
+    thread::sleep(Duration::from_millis(1500));
+    c.send(b"two");
+    assert_eq!(c.read_exact_n(3), b"two");
+    c.shutdown_write();
+    assert_eq!(
+        c.wait_closed(Duration::from_secs(5)),
+        CloseState::Closed(Vec::new())
+    );
 }
 
 // ---------------------------------------------------------------------------
