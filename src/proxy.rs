@@ -118,6 +118,10 @@ pub async fn handle(
     let mut stale_retry_used = false;
     let mut skipped = 0usize;
     let mut last_backend: Option<BackendId> = None;
+    // The failure being retried, and where. If the retry cannot be placed
+    // (no backend left, breakers open, no slot), the client gets this error:
+    // a 502 or 503 would hide that a backend timed out or failed.
+    let mut retrying: Option<(ProxyError, BackendId)> = None;
     let mut state = BodyState {
         consumed: false,
         continue_sent: false,
@@ -133,7 +137,11 @@ pub async fn handle(
             .pick(&snap, c.peer.ip(), exclude_idx)
             .and_then(|idx| snap.backends.get(idx))
         else {
-            break Err(ProxyError::NoBackend);
+            break Err(unplaced(
+                &mut retrying,
+                &mut last_backend,
+                ProxyError::NoBackend,
+            ));
         };
         let backend = &view.backend;
         last_backend = Some(backend.id);
@@ -141,7 +149,11 @@ pub async fn handle(
         let Some(_trial) = w.try_trial(view) else {
             skipped += 1;
             if skipped >= snap.backends.len() {
-                break Err(ProxyError::Overloaded);
+                break Err(unplaced(
+                    &mut retrying,
+                    &mut last_backend,
+                    ProxyError::Overloaded,
+                ));
             }
             exclude = Some(backend.id);
             continue;
@@ -150,7 +162,11 @@ pub async fn handle(
             Ok(p) => p,
             Err(e) => {
                 debug!(backend = %backend.name, "no connection slot: {e:?}");
-                break Err(ProxyError::Overloaded);
+                break Err(unplaced(
+                    &mut retrying,
+                    &mut last_backend,
+                    ProxyError::Overloaded,
+                ));
             }
         };
         let _inflight = cfg
@@ -201,6 +217,7 @@ pub async fn handle(
                 debug!(backend = %backend.name, "stale pooled connection: {e}");
                 stale_retry_used = true;
                 fresh = true;
+                retrying = Some((e, backend.id));
             }
             Attempt::Fail(e, retry_safe) => {
                 if e.source_side() == ErrorSource::Backend {
@@ -232,6 +249,7 @@ pub async fn handle(
                 }
                 exclude = Some(backend.id);
                 fresh = false;
+                retrying = Some((e, backend.id));
             }
         }
     };
@@ -272,6 +290,23 @@ pub async fn handle(
                 retries: retries_done,
             }
         }
+    }
+}
+
+/// The error to answer when a try could not even be placed (`cause`): the
+/// failure that a retry was for, if this was a retry, blamed on its backend.
+fn unplaced(
+    retrying: &mut Option<(ProxyError, BackendId)>,
+    last_backend: &mut Option<BackendId>,
+    cause: ProxyError,
+) -> ProxyError {
+    match retrying.take() {
+        Some((e, id)) => {
+            debug!("retry not placed ({cause}); answering the failure it was for");
+            *last_backend = Some(id);
+            e
+        }
+        None => cause,
     }
 }
 

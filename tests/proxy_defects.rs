@@ -79,6 +79,41 @@ fn read_timeout_on_warm_pool_is_504_within_bound_every_time() {
     eprintln!("status, elapsed, attempts: {seen:?}");
 }
 
+#[test]
+fn timeout_whose_retry_finds_no_backend_left_is_still_504() {
+    // The only backend is slow, and its first timeout takes it out of
+    // rotation (max_fails = 1): the retry finds no backend. The client must
+    // learn what happened (a timeout: 504), not get a 502 "no backend" that
+    // hides it. The backoff (100-200 ms) leaves the health executor time to
+    // publish the change before the retry picks.
+    let backend = spawn_backend();
+    let config = Config::for_backends(std::slice::from_ref(&backend))
+        .with("workers", "1")
+        .with("read_timeout", "1000")
+        .with("retries", "1")
+        .with("retry_backoff", "200")
+        .with("retry_backoff_max", "200")
+        .with("max_fails", "1")
+        .with("breaker_threshold", "0")
+        .with("health_check_interval", "60000");
+    let balancer = spawn_balancer(&config, &[]);
+    let r = http_get(balancer.port, "/");
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = Instant::now();
+    let r = http_get(balancer.port, "/sleep?ms=2000");
+    let elapsed = t.elapsed();
+    assert_eq!(
+        r.status,
+        504,
+        "after {elapsed:?}: {r:?}; log:\n{}",
+        balancer.stderr.joined()
+    );
+    assert!(
+        elapsed < Duration::from_millis(2700),
+        "504 after {elapsed:?}"
+    );
+}
+
 /// An origin that answers the first request on each connection (keep-alive)
 /// and closes the connection without a word when a second one arrives: to
 /// the balancer, a pooled connection that went stale. Stops when dropped.
