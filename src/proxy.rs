@@ -811,16 +811,25 @@ async fn tunnel(w: &Worker, c: &mut Client, mut conn: BackendConn, resp_out: &mu
 
     // Half-closed: the remaining direction runs until it ends or idles out.
     active.set(Instant::now());
-    let finished = match first {
-        (_, false) => true,
+    let idled_out = match first {
+        (_, false) => false,
         (Direction::Up, true) => {
-            future::or(down.as_mut(), idle_timer(&active, cfg.read_timeout)).await
+            // Ended cleanly or not, it did not idle out.
+            let rest = async {
+                down.as_mut().await;
+                false
+            };
+            future::or(rest, idle_timer(&active, cfg.read_timeout)).await
         }
         (Direction::Down, true) => {
-            future::or(up.as_mut(), idle_timer(&active, cfg.client_body_timeout)).await
+            let rest = async {
+                up.as_mut().await;
+                false
+            };
+            future::or(rest, idle_timer(&active, cfg.client_body_timeout)).await
         }
     };
-    if !finished {
+    if idled_out {
         debug!(peer = %c.peer, "half-closed tunnel idle; closing");
     }
     sent.get()
@@ -874,7 +883,8 @@ where
     to.close().await.is_ok()
 }
 
-/// Completes (with `false`) once `active` is more than `idle` in the past.
+/// Completes (with `true`: idled out) once `active` is more than `idle` in
+/// the past.
 /// Each turn sleeps until the current deadline, so it wakes at most once per
 /// burst of activity.
 async fn idle_timer(active: &Cell<Instant>, idle: Duration) -> bool {
@@ -882,7 +892,7 @@ async fn idle_timer(active: &Cell<Instant>, idle: Duration) -> bool {
         let deadline = active.get() + idle;
         let now = Instant::now();
         if now >= deadline {
-            return false;
+            return true;
         }
         glommio::timer::sleep(deadline - now).await;
     }
