@@ -11,16 +11,24 @@
 //! - a backend failed before any response byte (closed, reset, read
 //!   timeout): retry on another backend if the method is idempotent (or
 //!   `retry_non_idempotent` is set) and the body is still in our buffer;
-//! - a *reused* keep-alive connection failed before any response byte: the
-//!   backend probably closed it while idle; retry once on a fresh connection
-//!   (idempotent, replayable requests), without spending the budget.
+//! - a *reused* keep-alive connection was closed or reset before any
+//!   response byte: the backend probably closed it while idle; retry once on
+//!   a fresh connection (idempotent, replayable requests), without spending
+//!   the budget. A timeout is never taken for a stale connection: the backend
+//!   has the request and is slow, so it is a plain failure (504 when it is
+//!   not retried), and a second stale-looking failure is one too.
 //!
 //! Retries are bounded by `retries`, spaced by capped exponential backoff
 //! with jitter, and paid from the worker's retry budget. Whatever is not
 //! retried is answered with 502 (bad or missing response), 503 (capacity) or
 //! 504 (timeout), and backend failures are reported to the health executor.
 
-use futures_lite::{AsyncWriteExt, future};
+use std::cell::Cell;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use tracing::debug;
 
@@ -75,9 +83,11 @@ impl Served {
 enum Attempt {
     /// The response was relayed (or the client went away).
     Done(Served),
-    /// A reused keep-alive connection failed before any response byte: the
-    /// backend probably closed it while idle. Try once more on a fresh one.
-    Stale,
+    /// A reused keep-alive connection was closed or reset before any
+    /// response byte: the backend probably closed it while idle. Try once
+    /// more on a fresh one; if that was already done, this is a
+    /// [`Attempt::Fail`] with the same error and `retry_safe`.
+    Stale(ProxyError, bool),
     /// Failed; `retry_safe` when the request provably did not take effect
     /// or may safely be sent again.
     Fail(ProxyError, bool),
@@ -108,6 +118,10 @@ pub async fn handle(
     let mut stale_retry_used = false;
     let mut skipped = 0usize;
     let mut last_backend: Option<BackendId> = None;
+    // The failure being retried, and where. If the retry cannot be placed
+    // (no backend left, breakers open, no slot), the client gets this error:
+    // a 502 or 503 would hide that a backend timed out or failed.
+    let mut retrying: Option<(ProxyError, BackendId)> = None;
     let mut state = BodyState {
         consumed: false,
         continue_sent: false,
@@ -123,7 +137,11 @@ pub async fn handle(
             .pick(&snap, c.peer.ip(), exclude_idx)
             .and_then(|idx| snap.backends.get(idx))
         else {
-            break Err(ProxyError::NoBackend);
+            break Err(unplaced(
+                &mut retrying,
+                &mut last_backend,
+                ProxyError::NoBackend,
+            ));
         };
         let backend = &view.backend;
         last_backend = Some(backend.id);
@@ -131,7 +149,11 @@ pub async fn handle(
         let Some(_trial) = w.try_trial(view) else {
             skipped += 1;
             if skipped >= snap.backends.len() {
-                break Err(ProxyError::Overloaded);
+                break Err(unplaced(
+                    &mut retrying,
+                    &mut last_backend,
+                    ProxyError::Overloaded,
+                ));
             }
             exclude = Some(backend.id);
             continue;
@@ -140,7 +162,11 @@ pub async fn handle(
             Ok(p) => p,
             Err(e) => {
                 debug!(backend = %backend.name, "no connection slot: {e:?}");
-                break Err(ProxyError::Overloaded);
+                break Err(unplaced(
+                    &mut retrying,
+                    &mut last_backend,
+                    ProxyError::Overloaded,
+                ));
             }
         };
         let _inflight = cfg
@@ -175,6 +201,11 @@ pub async fn handle(
             // The request never left: always safe to send elsewhere.
             Err(e) => Attempt::Fail(e, true),
         };
+        let outcome = match outcome {
+            // Only one free retry: a second stale-looking failure is a real one.
+            Attempt::Stale(e, retry_safe) if stale_retry_used => Attempt::Fail(e, retry_safe),
+            o => o,
+        };
         match outcome {
             Attempt::Done(served) => {
                 // A client that went away (499) is not a backend failure.
@@ -182,11 +213,12 @@ pub async fn handle(
                     .record_attempt(backend.id, served.from_backend || served.status == 499);
                 break Ok(served);
             }
-            Attempt::Stale if !stale_retry_used => {
+            Attempt::Stale(e, _) => {
+                debug!(backend = %backend.name, "stale pooled connection: {e}");
                 stale_retry_used = true;
                 fresh = true;
+                retrying = Some((e, backend.id));
             }
-            Attempt::Stale => break Err(ProxyError::BackendClosed),
             Attempt::Fail(e, retry_safe) => {
                 if e.source_side() == ErrorSource::Backend {
                     w.metrics.record_attempt(backend.id, false);
@@ -199,7 +231,7 @@ pub async fn handle(
                 let can_retry = retry_safe
                     && retries_done < cfg.retries
                     && e.source_side() == ErrorSource::Backend
-                    && w.budget.borrow_mut().try_spend(std::time::Instant::now());
+                    && w.budget.borrow_mut().try_spend(Instant::now());
                 if !can_retry {
                     break Err(e);
                 }
@@ -217,6 +249,7 @@ pub async fn handle(
                 }
                 exclude = Some(backend.id);
                 fresh = false;
+                retrying = Some((e, backend.id));
             }
         }
     };
@@ -262,6 +295,23 @@ pub async fn handle(
                 retries: retries_done,
             }
         }
+    }
+}
+
+/// The error to answer when a try could not even be placed (`cause`): the
+/// failure that a retry was for, if this was a retry, blamed on its backend.
+fn unplaced(
+    retrying: &mut Option<(ProxyError, BackendId)>,
+    last_backend: &mut Option<BackendId>,
+    cause: ProxyError,
+) -> ProxyError {
+    match retrying.take() {
+        Some((e, id)) => {
+            debug!("retry not placed ({cause}); answering the failure it was for");
+            *last_backend = Some(id);
+            e
+        }
+        None => cause,
     }
 }
 
@@ -314,8 +364,8 @@ async fn attempt(
 
     // 1. Send the head and the body.
     if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
-        if e.source_side() == ErrorSource::Backend && may_retry_stale {
-            return Attempt::Stale;
+        if may_retry_stale && looks_stale(&e) {
+            return Attempt::Stale(e, retry_safe);
         }
         return Attempt::Fail(e, retry_safe);
     }
@@ -324,7 +374,8 @@ async fn attempt(
     let client_side = ClientSide {
         head_request: req.method == Method::Head,
         minor_version: req.minor_version,
-        keep_alive: req.keep_alive && !w.draining(),
+        // Narrowed by a drain when the head is parsed (read_response_head).
+        keep_alive: req.keep_alive,
         upgrade: req.upgrade,
     };
     let head = loop {
@@ -340,8 +391,8 @@ async fn attempt(
             }
             Ok(h) => break h,
             Err((e, got_bytes)) => {
-                if !got_bytes && may_retry_stale && e.source_side() == ErrorSource::Backend {
-                    return Attempt::Stale;
+                if !got_bytes && may_retry_stale && looks_stale(&e) {
+                    return Attempt::Stale(e, retry_safe);
                 }
                 return Attempt::Fail(e, retry_safe && !got_bytes);
             }
@@ -358,7 +409,7 @@ async fn attempt(
 
     // 3. Relay the response.
     if head.switching {
-        let bytes = tunnel(c, conn, resp_out).await;
+        let bytes = tunnel(w, c, conn, resp_out).await;
         return Attempt::Done(Served {
             keep: false,
             status: 101,
@@ -408,6 +459,14 @@ async fn attempt(
             })
         }
     }
+}
+
+/// Whether a failure on a reused connection looks like the backend closed it
+/// while it sat in the pool (close, reset, broken pipe). A timeout does not:
+/// the backend took the request and is slow, and trying it again on the same
+/// backend would only wait a second `read_timeout` and hide the 504.
+fn looks_stale(e: &ProxyError) -> bool {
+    matches!(e, ProxyError::BackendClosed | ProxyError::BackendIo(_))
 }
 
 /// Writes the head and streams the request body to the backend.
@@ -536,6 +595,13 @@ async fn read_response_head(
     let max = w.config().max_header_bytes;
     loop {
         if !conn.buf.is_empty() {
+            // Decided now, not when the request left: a drain that began
+            // while the backend worked must tell the client this connection
+            // closes after the response.
+            let client = ClientSide {
+                keep_alive: client.keep_alive && !w.draining(),
+                ..client
+            };
             match response::parse(conn.buf.filled(), max, client, out) {
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
@@ -688,9 +754,27 @@ async fn relay_body(
     }
 }
 
-/// After a 101: relays bytes both ways until either side closes (the client
-/// connection is done once the tunnel ends). Returns bytes sent to the client.
-async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
+/// After a 101: relays bytes both ways, each direction until it ends, and
+/// returns the bytes sent to the client. The client connection is done once
+/// the tunnel is.
+///
+/// ```text
+/// open --EOF one way--> half-closed --EOF the other way--> done
+///  |    (shutdown(Write)   |  (the remaining direction gets an
+///  |     towards the peer) |   idle timeout)
+///  +------error either way, or idle timeout-------------> done
+/// ```
+///
+/// A peer that half-closes (`shutdown(SHUT_WR)`) may still expect an
+/// answer, so its EOF is passed on as a half-close and the other direction
+/// keeps running. While both directions are open there is no timeout
+/// (tunnels such as WebSockets may idle for long); once one has ended, the
+/// other is closed after [`Config::read_timeout`] without a byte from the
+/// backend, or [`Config::client_body_timeout`] without one from the client.
+///
+/// [`Config::read_timeout`]: crate::config::Config::read_timeout
+/// [`Config::client_body_timeout`]: crate::config::Config::client_body_timeout
+async fn tunnel(w: &Worker, c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
     resp_out.extend_from_slice(conn.buf.filled());
     conn.buf.clear();
     if c.stream.write_all(resp_out).await.is_err() {
@@ -703,23 +787,134 @@ async fn tunnel(c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -
         }
         c.buf.clear();
     }
-    // Tunnels are long-lived and may idle: no per-read timeout on either side.
+    // Tunnels are long-lived and may idle: no per-read timeout on either
+    // side; the half-closed phase has its own idle timer below.
     let _ = c.stream.set_read_timeout(None);
     let _ = conn.stream.set_read_timeout(None);
+    let cfg = w.config();
+    let sent = Cell::new(head);
+    let active = Cell::new(Instant::now());
     let (mut cr, mut cw) = futures_lite::io::split(&mut c.stream);
     let (mut br, mut bw) = futures_lite::io::split(&mut conn.stream);
-    let up = async {
-        let _ = futures_lite::io::copy(&mut cr, &mut bw).await;
-        let _ = bw.close().await;
+    let mut up_buf = vec![0u8; TUNNEL_BUF];
+    let mut down_buf = vec![0u8; TUNNEL_BUF];
+    let mut up = pin!(pump(&mut cr, &mut bw, &mut up_buf, &active, None));
+    let mut down = pin!(pump(&mut br, &mut cw, &mut down_buf, &active, Some(&sent)));
+
+    // Open: both directions run until one ends. Neither future is dropped
+    // while the other may still be needed, so no read byte is lost.
+    let first = future::poll_fn(|cx| {
+        if let Poll::Ready(clean) = up.as_mut().poll(cx) {
+            return Poll::Ready((Direction::Up, clean));
+        }
+        if let Poll::Ready(clean) = down.as_mut().poll(cx) {
+            return Poll::Ready((Direction::Down, clean));
+        }
+        Poll::Pending
+    })
+    .await;
+
+    // Half-closed: the remaining direction runs until it ends or idles out.
+    active.set(Instant::now());
+    let idled_out = match first {
+        (_, false) => false,
+        (Direction::Up, true) => {
+            // Ended cleanly or not, it did not idle out.
+            let rest = async {
+                down.as_mut().await;
+                false
+            };
+            future::or(rest, idle_timer(&active, cfg.read_timeout)).await
+        }
+        (Direction::Down, true) => {
+            let rest = async {
+                up.as_mut().await;
+                false
+            };
+            future::or(rest, idle_timer(&active, cfg.client_body_timeout)).await
+        }
     };
-    let down = async {
-        let n = futures_lite::io::copy(&mut br, &mut cw).await.unwrap_or(0);
-        let _ = cw.close().await;
-        n
-    };
-    let up = async {
-        up.await;
-        0
-    };
-    head + future::or(down, up).await
+    if idled_out {
+        debug!(peer = %c.peer, "half-closed tunnel idle; closing");
+    }
+    sent.get()
+}
+
+/// Read size of each direction of a tunnel.
+const TUNNEL_BUF: usize = 16 * 1024;
+
+/// One direction of a tunnel.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// Client to backend.
+    Up,
+    /// Backend to client.
+    Down,
+}
+
+/// Copies `from` to `to` until EOF, then half-closes `to` (`shutdown(Write)`
+/// through `close`). Returns whether the direction ended cleanly (`false`
+/// on an error either side: the whole tunnel is then torn down). Marks
+/// `active` after every read and write; adds what it wrote to `sent`.
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    buf: &mut [u8],
+    active: &Cell<Instant>,
+    sent: Option<&Cell<u64>>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let n = match from.read(buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        active.set(Instant::now());
+        let Some(chunk) = buf.get(..n) else {
+            return false;
+        };
+        if to.write_all(chunk).await.is_err() {
+            return false;
+        }
+        active.set(Instant::now());
+        if let Some(sent) = sent {
+            sent.set(sent.get() + n as u64);
+        }
+    }
+    to.close().await.is_ok()
+}
+
+/// Completes (with `true`: idled out) once `active` is more than `idle` in
+/// the past.
+/// Each turn sleeps until the current deadline, so it wakes at most once per
+/// burst of activity.
+async fn idle_timer(active: &Cell<Instant>, idle: Duration) -> bool {
+    loop {
+        let deadline = active.get() + idle;
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        glommio::timer::sleep(deadline - now).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_closes_and_resets_look_stale() {
+        assert!(looks_stale(&ProxyError::BackendClosed));
+        assert!(looks_stale(&ProxyError::BackendIo(
+            std::io::ErrorKind::ConnectionReset.into()
+        )));
+        // A slow backend is not a stale connection.
+        assert!(!looks_stale(&ProxyError::BackendTimeout));
+        assert!(!looks_stale(&ProxyError::BadResponse("garbage")));
+    }
 }
