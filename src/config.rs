@@ -224,12 +224,19 @@ pub struct Config {
     pub access_log: crate::access_log::Format,
     /// io_uring ring depth of each worker.
     pub ring_depth: usize,
+    /// Extra io_uring setup flags for every ring ([`crate::uring`]).
+    pub ring_setup_flags: u32,
     /// Pin each worker to its own CPU (thread-per-core). Turn off on hosts
     /// where the balancer shares its CPUs with other busy processes.
     pub pin_workers: bool,
     /// Cluster mode: the etcd registry shared with other instances, if any.
     pub cluster: Option<ClusterConfig>,
 }
+
+/// io_uring setup flags by default: cooperative task running (no
+/// inter-processor interrupt per completion while a worker runs) and a
+/// single issuer per ring, as glommio uses its rings (see [`crate::uring`]).
+pub const DEFAULT_RING_SETUP_FLAGS: u32 = crate::uring::COOP_TASKRUN | crate::uring::SINGLE_ISSUER;
 
 /// Default etcd key prefix of cluster mode.
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/ekilibri/default/";
@@ -298,6 +305,7 @@ pub struct FileConfig {
     admin_token: Option<String>,
     access_log: Option<String>,
     ring_depth: Option<usize>,
+    ring_setup_flags: Option<Vec<String>>,
     pin_workers: Option<bool>,
     cluster: Option<ClusterTable>,
 }
@@ -651,6 +659,25 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let ring_setup_flags = match f.ring_setup_flags {
+        None => DEFAULT_RING_SETUP_FLAGS,
+        Some(names) => {
+            let mut flags = 0;
+            for name in &names {
+                flags |= crate::uring::flag_of(name).ok_or_else(|| {
+                    invalid(
+                        "ring_setup_flags",
+                        format!(
+                            "unknown flag `{name}` (known: {})",
+                            crate::uring::describe(u32::MAX).replace('|', ", ")
+                        ),
+                    )
+                })?;
+            }
+            flags
+        }
+    };
+
     Ok(Config {
         listen,
         workers,
@@ -691,6 +718,7 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         admin_token,
         access_log,
         ring_depth,
+        ring_setup_flags,
         pin_workers: f.pin_workers.unwrap_or(true),
         cluster,
     })

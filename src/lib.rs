@@ -46,7 +46,8 @@
 //! - [`error`]: error enums; every proxy error knows its status code.
 //! - [`envcheck`]: pre-start host checks (kernel, io_uring, rlimits, CPUs);
 //!   [`sdnotify`]: systemd `READY=1`/`STOPPING=1`/`WATCHDOG=1`; [`fault`]:
-//!   test-only fault injection (debug builds).
+//!   test-only fault injection (debug builds); [`uring`]: extra io_uring
+//!   setup flags for glommio's rings (`COOP_TASKRUN`, `SINGLE_ISSUER`).
 
 #![warn(missing_docs)]
 
@@ -72,4 +73,5 @@ pub mod proxy;
 pub mod retry;
 pub mod runtime;
 pub mod sdnotify;
+pub mod uring;
 pub mod worker;

@@ -24,6 +24,25 @@ struct Args {
     workers: Option<usize>,
 }
 
+unsafe extern "C" {
+    /// liburing's own `__sys_io_uring_setup` (GNU ld `--wrap`, see build.rs).
+    fn __real___sys_io_uring_setup(entries: u32, params: *mut std::ffi::c_void) -> i32;
+}
+
+/// Where glommio's ring setup lands (`--wrap=__sys_io_uring_setup`): adds
+/// the configured setup flags ([`ekilibri::uring`]).
+///
+/// # Safety
+/// Called by liburing with its own valid arguments.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __wrap___sys_io_uring_setup(
+    entries: u32,
+    params: *mut std::ffi::c_void,
+) -> i32 {
+    // SAFETY: liburing's arguments, passed on; the real call is liburing's.
+    unsafe { ekilibri::uring::setup(entries, params, __real___sys_io_uring_setup) }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     ekilibri::runtime::install_panic_hook();
@@ -64,11 +83,26 @@ fn main() -> ExitCode {
     if !env.is_ok() {
         return ExitCode::from(2);
     }
+    // io_uring setup flags the kernel refuses are dropped ring by ring at
+    // start; say so up front.
+    let ring_flags = ekilibri::uring::supported(config.ring_setup_flags);
+    if ring_flags != config.ring_setup_flags {
+        let msg = format!(
+            "this kernel does not accept io_uring setup flag(s) {}: rings are created without them",
+            ekilibri::uring::describe(config.ring_setup_flags & !ring_flags)
+        );
+        if args.check {
+            eprintln!("ekilibri: warning: {msg}");
+        } else {
+            tracing::warn!("{msg}");
+        }
+    }
     if args.check {
         println!(
-            "ekilibri: {}: ok: {}",
+            "ekilibri: {}: ok: {}; io_uring setup flags {}",
             args.file.display(),
-            config.summary()
+            config.summary(),
+            ekilibri::uring::describe(ring_flags)
         );
         return ExitCode::SUCCESS;
     }

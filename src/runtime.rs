@@ -315,6 +315,16 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     };
     let admin_addr = admin.as_ref().map(|(_, a)| *a);
 
+    // Ring setup flags for every executor created below.
+    let mut ring_flags = config.ring_setup_flags;
+    if config.spin_before_park.is_some() && ring_flags & crate::uring::COOP_TASKRUN != 0 {
+        // Spinning reads the completion queues without entering the kernel,
+        // where COOP_TASKRUN completions would wait: it would spin blind.
+        warn!("spin_before_park is set: io_uring COOP_TASKRUN is left off");
+        ring_flags &= !crate::uring::COOP_TASKRUN;
+    }
+    crate::uring::request(ring_flags);
+
     let sigset = block_signals();
     let stopping = Arc::new(AtomicBool::new(false));
     let executor_error = |name: &str, e: std::io::Error| RuntimeError::Executor {
@@ -444,6 +454,11 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         if let Some(a) = admin_addr {
             info!("admin API (metrics, servers, reload) at http://{a}/");
         }
+        let (with, without) = crate::uring::rings();
+        info!(
+            "io_uring setup flags {}: {with} rings with them, {without} without (kernel refused)",
+            crate::uring::describe(ring_flags)
+        );
         crate::sdnotify::ready();
     } else {
         return Err(RuntimeError::ExecutorDied(format!(

@@ -54,14 +54,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_CONTENDERS = ["direct", "ekilibri", "nginx", "haproxy", "haproxy-tcp"]
-PROXIES = ["ekilibri", "nginx", "haproxy", "haproxy-tcp"]
+ALL_CONTENDERS = ["direct", "ekilibri", "ekilibri-plain", "nginx", "haproxy", "haproxy-tcp"]
+# ekilibri-plain: ekilibri with glommio's default rings (ring_setup_flags = []),
+# to measure the io_uring setup flags in the same run. Not run by default.
+DEFAULT_CONTENDERS = [c for c in ALL_CONTENDERS if c != "ekilibri-plain"]
+PROXIES = ["ekilibri", "ekilibri-plain", "nginx", "haproxy", "haproxy-tcp"]
 BASELINE = "nginx"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 COLORS = {
     "direct": "#7f7f7f",
     "ekilibri": "#d62728",
+    "ekilibri-plain": "#ff9896",
     "nginx": "#2ca02c",
     "haproxy": "#1f77b4",
     "haproxy-tcp": "#9467bd",
@@ -344,11 +348,11 @@ def write_configs(name: str, port: int, backends: list[int], workers: int, cfgdi
     pins its own workers one per CPU with pin_workers; this gives nginx and HAProxy
     the same layout). Without pin_cpus every contender's workers float."""
     servers = [f"127.0.0.1:{p}" for p in backends]
-    if name == "ekilibri":
+    if name in ("ekilibri", "ekilibri-plain"):
         # nginx keeps up to 256 idle upstream connections per worker in total;
         # ekilibri's pool_size is per backend per worker, so split the same budget.
         pool = max(1, math.ceil(256 / len(servers)))
-        path = cfgdir / "ekilibri.toml"
+        path = cfgdir / f"{name}.toml"
         path.write_text(
             "# ekilibri benchmark config (written by tools/bench/bench.py)\n"
             f'listen = "127.0.0.1:{port}"\n'
@@ -364,6 +368,8 @@ def write_configs(name: str, port: int, backends: list[int], workers: int, cfgdi
             'admin_listen = ""\n'
             "# pinned like nginx/HAProxy when they are pinned (--no-pin-workers lets all float)\n"
             f"pin_workers = {'true' if pin_cpus else 'false'}\n"
+            + ("# glommio's default rings, for comparison\nring_setup_flags = []\n"
+               if name == "ekilibri-plain" else "")
         )
         return path
     if name == "nginx":
@@ -468,7 +474,7 @@ def start_contender(name: str, procs: Procs, bins: Path, backends: list[int], wo
     port = free_port()
     cfg = write_configs(name, port, backends, workers, cfgdir, pin_cpus)
     log_path = logdir / f"{name}-{tag}.log"
-    if name == "ekilibri":
+    if name in ("ekilibri", "ekilibri-plain"):
         argv = [str(bins / "ekilibri"), "-f", str(cfg), "--workers", str(workers)]
     elif name == "nginx":
         prefix = cfgdir / "nginx"
@@ -1133,13 +1139,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 3; quick/smoke 1)")
     ap.add_argument("--duration", type=int, help="seconds per measurement (default 5; quick/smoke 1)")
     ap.add_argument("--warmup", type=int, help="warm-up seconds before each measurement (default 1; quick/smoke 0)")
-    ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
+    ap.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                     help=f"comma-separated subset of {','.join(ALL_CONTENDERS)}")
     ap.add_argument("--workloads", help="comma-separated subset of " + ",".join(w.name for w in all_workloads()) + " (default: all)")
     ap.add_argument("--workers", type=int, default=2, help="workers/threads per proxy (default 2)")
     ap.add_argument("--backends", type=int, default=3, help="number of ekilibri-backend processes (default 3)")
     ap.add_argument("--backend-threads", type=int, default=1, help="--threads of each backend (default 1)")
     ap.add_argument("--loadgen-threads", type=int, default=1, help="ekilibri-loadgen --threads (default 1)")
+    ap.add_argument("--dedicated", type=int, metavar="N",
+                    help="dedicated-core mode, as thread-per-core is deployed: every proxy gets N workers "
+                         "pinned to the last N CPUs, and wrk/loadgen and the backends run on the other CPUs "
+                         "(sets --workers, --cpus-proxy, --cpus-client and --cpus-backend)")
     ap.add_argument("--cpus-proxy", help="taskset CPU list for the proxies (default: no pinning)")
     ap.add_argument("--cpus-client", help="taskset CPU list for wrk/loadgen (default: no pinning)")
     ap.add_argument("--cpus-backend", help="taskset CPU list for the backends (default: no pinning)")
@@ -1167,6 +1177,16 @@ def main(argv: list[str]) -> int:
         write_chart(results, a.report_from)
         log(f"rewrote {a.report_from}/report.md and chart.svg")
         return 0
+    if a.dedicated:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not 0 < a.dedicated < len(cpus):
+            print(f"--dedicated {a.dedicated}: need 1..{len(cpus) - 1} (this process may use {len(cpus)} CPUs)",
+                  file=sys.stderr)
+            return 2
+        proxy, rest = cpus[-a.dedicated:], cpus[:-a.dedicated]
+        a.workers = a.dedicated
+        a.cpus_proxy = ",".join(map(str, proxy))
+        a.cpus_client = a.cpus_backend = ",".join(map(str, rest))
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     short = mode != "full"
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
@@ -1214,7 +1234,7 @@ def main(argv: list[str]) -> int:
         log("cargo build --release --bins")
         if subprocess.run(["cargo", "build", "--release", "--bins"], cwd=REPO, timeout=1800).returncode != 0:
             raise RuntimeError("cargo build --release --bins failed (use --no-build to bench existing binaries)")
-    needed = ["ekilibri-backend", "ekilibri-loadgen"] + (["ekilibri"] if "ekilibri" in contenders else [])
+    needed = ["ekilibri-backend", "ekilibri-loadgen"] + (["ekilibri"] if {"ekilibri", "ekilibri-plain"} & set(contenders) else [])
     for b in needed:
         if not (bins / b).exists():
             raise RuntimeError(f"{bins / b} not found (build it or pass --bin-dir)")
@@ -1238,7 +1258,8 @@ def main(argv: list[str]) -> int:
             "backends": s.backends,
             "backend_threads": s.backend_threads,
             "loadgen_threads": s.loadgen_threads,
-            "pinning": "; ".join(f"{k} {v}" for k, v in pin.items()) + "; everything else floats",
+            "pinning": ("dedicated cores: " if a.dedicated else "shared cores: ")
+            + "; ".join(f"{k} {v}" for k, v in pin.items()) + "; everything else floats",
             **machine_meta(),
         },
         "capacity": {},
