@@ -209,7 +209,7 @@ async fn read_head(
         }
         let idle = c.buf.is_empty();
         let timeout = if idle {
-            if w.draining() {
+            if w.drain_closes_idle() {
                 return Ok(None);
             }
             w.set_idle(conn_id, Some(c.stream.as_raw_fd()));

@@ -47,7 +47,9 @@
 //! - [`envcheck`]: pre-start host checks (kernel, io_uring, rlimits, CPUs);
 //!   [`sdnotify`]: systemd `READY=1`/`STOPPING=1`/`WATCHDOG=1`; [`fault`]:
 //!   test-only fault injection (debug builds); [`uring`]: extra io_uring
-//!   setup flags for glommio's rings (`COOP_TASKRUN`, `SINGLE_ISSUER`).
+//!   setup flags for glommio's rings (`COOP_TASKRUN`, `SINGLE_ISSUER`);
+//!   [`upgrade`]: SIGUSR2 binary upgrade, handing the listening sockets to
+//!   a new process.
 
 #![warn(missing_docs)]
 
@@ -73,5 +75,6 @@ pub mod proxy;
 pub mod retry;
 pub mod runtime;
 pub mod sdnotify;
+pub mod upgrade;
 pub mod uring;
 pub mod worker;

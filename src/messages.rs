@@ -23,6 +23,10 @@ pub enum ToWorker {
     Ping,
     /// Stop accepting, drain, exit.
     Shutdown,
+    /// A new process took over the listening sockets: stop accepting and
+    /// drain softly (idle keep-alive connections are answered once more,
+    /// with `Connection: close`, instead of being cut), then exit.
+    Handover,
 }
 
 impl ToWorker {

@@ -43,6 +43,10 @@ use crate::control::{self, ControlParts, Signal};
 use crate::liveness::Liveness;
 use crate::worker::{self, WorkerParts};
 
+/// How long a process taking over (SIGUSR2) waits for its first read of
+/// the etcd registry before giving up (the old process keeps serving).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Exit status after a panic on any thread (EX_SOFTWARE).
 pub const EXIT_PANIC: i32 = 70;
 
@@ -92,6 +96,10 @@ pub enum RuntimeError {
         /// The error.
         message: String,
     },
+    /// The sockets handed over by a running instance (SIGUSR2) do not fit
+    /// this configuration.
+    #[error("cannot take over from the running instance: {0}")]
+    Upgrade(String),
     /// An executor stopped without being asked to.
     #[error("executor {0} stopped unexpectedly")]
     ExecutorDied(String),
@@ -174,6 +182,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -183,6 +192,7 @@ fn spawn_signal_thread(
     set: libc::sigset_t,
     stopping: Arc<AtomicBool>,
     to_control: bridge::Sender<Signal>,
+    upgrade: mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ekilibri-signals".into())
@@ -199,6 +209,9 @@ fn spawn_signal_thread(
                         info!("SIGHUP received: reloading the configuration");
                         crate::sdnotify::reloading();
                         let _ = to_control.send(Signal::Reload);
+                    }
+                    libc::SIGUSR2 => {
+                        let _ = upgrade.send(());
                     }
                     _ if stopping.load(Ordering::Relaxed) => {
                         warn!("second termination signal: exiting without waiting for the drain");
@@ -217,6 +230,56 @@ fn spawn_signal_thread(
             }
         })
         .map(|_| ())
+}
+
+/// Runs binary upgrades (SIGUSR2), one at a time: starts the new process
+/// with the listening sockets and, once it reports ready, tells the control
+/// executor to hand over (drain softly and exit 0). A failed attempt is
+/// logged and the running instance keeps serving.
+fn spawn_upgrade_thread(
+    handover: crate::upgrade::Handover,
+    requests: mpsc::Receiver<()>,
+    stopping: Arc<AtomicBool>,
+    to_control: bridge::Sender<Signal>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ekilibri-upgrade".into())
+        .spawn(move || {
+            while requests.recv().is_ok() {
+                if stopping.load(Ordering::Relaxed) {
+                    continue;
+                }
+                info!(
+                    binary = %handover.exe().display(),
+                    "SIGUSR2 received: starting the new binary with the listening sockets"
+                );
+                match handover.start_successor(crate::upgrade::READY_TIMEOUT) {
+                    Ok(pid) => {
+                        info!(
+                            new_pid = pid,
+                            "upgrade: the new process serves; draining and exiting"
+                        );
+                        stopping.store(true, Ordering::Relaxed);
+                        let _ = to_control.send(Signal::Handover);
+                        return;
+                    }
+                    Err(why) => {
+                        error!("upgrade failed, this instance keeps serving: {why}");
+                        // Coalesce signals that arrived during the attempt.
+                        while requests.try_recv().is_ok() {}
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// The address a listening socket is bound to.
+fn bound_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
 }
 
 /// Sends systemd `WATCHDOG=1` every half `WatchdogSec=` while every
@@ -260,32 +323,59 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
     let n = config.workers;
 
-    if config.listen.port() != 0 {
-        ensure_port_free(config.listen).map_err(|source| RuntimeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    }
-    let first = bind_listener(config.listen, config.listen_backlog).map_err(|source| {
-        RuntimeError::Bind {
-            addr: config.listen,
-            source,
+    // A process started by SIGUSR2 takes the running instance's sockets
+    // and binds nothing; an ordinary start binds, after checking that no
+    // other process listens there.
+    let mut inherited = crate::upgrade::take_inherited().map_err(RuntimeError::Upgrade)?;
+    let (listeners, local) = match inherited.as_mut() {
+        Some(inh) => {
+            let fds = std::mem::take(&mut inh.listeners);
+            if fds.len() != n {
+                return Err(RuntimeError::Upgrade(format!(
+                    "it has {} workers and this configuration {n}; change `workers` with a restart",
+                    fds.len()
+                )));
+            }
+            let local = bound_addr(&fds[0]).unwrap_or(config.listen);
+            if config.listen.port() != 0 && local != config.listen {
+                return Err(RuntimeError::Upgrade(format!(
+                    "it listens on {local} and this configuration on {}; change `listen` with a restart",
+                    config.listen
+                )));
+            }
+            (fds, local)
         }
-    })?;
-    let local = first
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(config.listen);
-    let mut listeners: Vec<OwnedFd> = vec![first.into()];
-    for _ in 1..n {
-        let s =
-            bind_listener(local, config.listen_backlog).map_err(|source| RuntimeError::Bind {
-                addr: local,
-                source,
+        None => {
+            if config.listen.port() != 0 {
+                ensure_port_free(config.listen).map_err(|source| RuntimeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+            }
+            let first = bind_listener(config.listen, config.listen_backlog).map_err(|source| {
+                RuntimeError::Bind {
+                    addr: config.listen,
+                    source,
+                }
             })?;
-        listeners.push(s.into());
-    }
+            let local = first
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(config.listen);
+            let mut listeners: Vec<OwnedFd> = vec![first.into()];
+            for _ in 1..n {
+                let s = bind_listener(local, config.listen_backlog).map_err(|source| {
+                    RuntimeError::Bind {
+                        addr: local,
+                        source,
+                    }
+                })?;
+                listeners.push(s.into());
+            }
+            (listeners, local)
+        }
+    };
 
     let backends: Vec<Arc<Backend>> = config
         .servers
@@ -301,9 +391,10 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         })
         .collect();
 
-    let admin: Option<(OwnedFd, SocketAddr)> = match config.admin_listen {
-        None => None,
-        Some(addr) => {
+    let inherited_admin = inherited.as_mut().map(|i| i.admin.take());
+    let admin: Option<(OwnedFd, SocketAddr)> = match (config.admin_listen, inherited_admin) {
+        (None, None | Some(None)) => None,
+        (Some(addr), None) => {
             let s = bind_admin(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
             let local = s
                 .local_addr()
@@ -311,6 +402,20 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
                 .and_then(|a| a.as_socket())
                 .unwrap_or(addr);
             Some((s.into(), local))
+        }
+        (Some(addr), Some(Some(fd))) => {
+            let local = bound_addr(&fd).unwrap_or(addr);
+            if addr.port() != 0 && local != addr {
+                return Err(RuntimeError::Upgrade(format!(
+                    "its admin API is on {local} and this configuration's on {addr}; change `admin_listen` with a restart"
+                )));
+            }
+            Some((fd, local))
+        }
+        (None, Some(Some(_))) | (Some(_), Some(None)) => {
+            return Err(RuntimeError::Upgrade(
+                "`admin_listen` was turned on or off; change it with a restart".into(),
+            ));
         }
     };
     let admin_addr = admin.as_ref().map(|(_, a)| *a);
@@ -333,7 +438,12 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     };
     let (signal_tx, signal_rx) =
         bridge::channel().map_err(|e| executor_error("ekilibri-signals", e))?;
-    spawn_signal_thread(sigset, stopping.clone(), signal_tx)
+    let (upgrade_tx, upgrade_rx) = mpsc::channel();
+    let handover = crate::upgrade::Handover::new(&listeners, admin.as_ref().map(|(fd, _)| fd))
+        .map_err(|e| executor_error("ekilibri-upgrade", e))?;
+    spawn_upgrade_thread(handover, upgrade_rx, stopping.clone(), signal_tx.clone())
+        .map_err(|e| executor_error("ekilibri-upgrade", e))?;
+    spawn_signal_thread(sigset, stopping.clone(), signal_tx, upgrade_tx)
         .map_err(|e| executor_error("ekilibri-signals", e))?;
     let liveness = Arc::new(Liveness::new(n));
     spawn_watchdog_thread(liveness.clone()).map_err(|e| executor_error("ekilibri-watchdog", e))?;
@@ -362,6 +472,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     // Every executor says when it ends; the main thread decides whether that
     // was a shutdown or a failure.
     let (exit_tx, exit_rx) = mpsc::channel::<Exited>();
+    let synced = Arc::new(AtomicBool::new(false));
     let control_name = "ekilibri-control";
     let parts = ControlParts {
         config: config.clone(),
@@ -373,6 +484,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         admin: admin.map(|(fd, _)| fd),
         cluster,
         liveness: liveness.clone(),
+        synced: synced.clone(),
     };
     let exit = exit_tx.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
@@ -459,7 +571,25 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             "io_uring setup flags {}: {with} rings with them, {without} without (kernel refused)",
             crate::uring::describe(ring_flags)
         );
-        crate::sdnotify::ready();
+        match inherited.as_mut() {
+            None => crate::sdnotify::ready(),
+            Some(inh) => {
+                // Taking over: the backend pool must be complete first (in
+                // cluster mode, read from etcd), then the old process may go.
+                let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
+                while !synced.load(Ordering::Relaxed) {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(RuntimeError::Upgrade(format!(
+                            "the backend pool was not read from etcd within {SYNC_TIMEOUT:?}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                inh.announce_ready();
+                info!("took over from the previous process; it drains and exits");
+                crate::sdnotify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            }
+        }
     } else {
         return Err(RuntimeError::ExecutorDied(format!(
             "{} of {n} workers did not start",

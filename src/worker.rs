@@ -36,6 +36,9 @@ use crate::retry::RetryBudget;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// After a hand-over, how long the pending accept may take to complete by
+/// itself before it is cancelled (see [`stop_accepting`]).
+const ACCEPT_SETTLE: Duration = Duration::from_secs(1);
 /// How often a draining worker checks whether its connections are done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -64,6 +67,13 @@ pub struct Worker {
     pub pool: RefCell<Pool>,
     reports: ConnectedSender<FromWorker>,
     draining: Cell<bool>,
+    /// The drain is a hand-over to a new process: idle connections wait
+    /// for their next request (answered with `Connection: close`).
+    soft_drain: Cell<bool>,
+    /// Set on a hand-over: the accept loop ends after its pending accept.
+    stop_accepting: Cell<bool>,
+    /// Set by the accept loop when it ended by itself.
+    accept_done: Cell<bool>,
     active: Cell<usize>,
     idle: RefCell<HashMap<u64, RawFd>>,
     next_conn: Cell<u64>,
@@ -255,6 +265,13 @@ impl Worker {
         self.draining.get()
     }
 
+    /// True when a connection waiting for its next request should close
+    /// now: during a shutdown, but not during a hand-over, where the next
+    /// request is still served (with `Connection: close`).
+    pub fn drain_closes_idle(&self) -> bool {
+        self.draining.get() && !self.soft_drain.get()
+    }
+
     fn apply(&self, snap: Arc<Snapshot>) {
         let current = self.snapshot.borrow().version;
         if snap.version <= current && current != 0 {
@@ -378,7 +395,7 @@ pub async fn run(parts: WorkerParts) {
         match inbox.recv().await {
             Some(ToWorker::Snapshot(s)) => break s,
             Some(ToWorker::Ping) => liveness.beat_worker(id),
-            Some(ToWorker::Shutdown) | None => return,
+            Some(ToWorker::Shutdown | ToWorker::Handover) | None => return,
             // Nothing to scrape or reconfigure before the first snapshot.
             Some(ToWorker::Config(_) | ToWorker::Scrape(_)) => {}
         }
@@ -395,6 +412,9 @@ pub async fn run(parts: WorkerParts) {
         pool: RefCell::new(pool),
         reports,
         draining: Cell::new(false),
+        soft_drain: Cell::new(false),
+        stop_accepting: Cell::new(false),
+        accept_done: Cell::new(false),
         active: Cell::new(0),
         idle: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
@@ -426,6 +446,8 @@ pub async fn run(parts: WorkerParts) {
     let _ = ready.send(id);
     crate::fault::arm(&format!("w{id}"));
 
+    // A hand-over to a new process drains softly: see ToWorker::Handover.
+    let mut soft = false;
     'control: while let Some(first) = inbox.recv().await {
         // Everything queued now, with only the newest snapshot and config
         // applied: a worker that fell behind catches up in one step.
@@ -448,18 +470,40 @@ pub async fn run(parts: WorkerParts) {
                     let _ = w.reports.try_send(FromWorker::Metrics(seq, Box::new(snap)));
                 }
                 ToWorker::Shutdown => break 'control,
+                ToWorker::Handover => {
+                    soft = true;
+                    break 'control;
+                }
             }
         }
     }
 
     // Drain: stop accepting (dropping the listener closes it), close idle
     // connections, let in-flight requests finish within shutdown_timeout.
-    accept.cancel().await;
+    w.soft_drain.set(soft);
     w.draining.set(true);
+    if soft {
+        stop_accepting(&w, accept).await;
+    } else {
+        accept.cancel().await;
+    }
     let deadline = Instant::now() + w.config().shutdown_timeout;
     while w.active.get() > 0 && Instant::now() < deadline {
-        w.close_idle();
+        // A shutdown cuts idle keep-alive connections at once. A hand-over
+        // lets them send one more request, answered with Connection: close
+        // (cutting one a client is about to reuse would fail its request);
+        // the ones still idle at the deadline are closed.
+        if !soft {
+            w.close_idle();
+        }
         glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    if soft && w.active.get() > 0 {
+        w.close_idle();
+        let grace = Instant::now() + Duration::from_secs(1);
+        while w.active.get() > 0 && Instant::now() < grace {
+            glommio::timer::sleep(DRAIN_POLL).await;
+        }
     }
     if let Some(f) = flusher {
         f.cancel().await;
@@ -482,9 +526,25 @@ pub async fn run(parts: WorkerParts) {
     }
 }
 
+/// Ends the accept loop after a hand-over without losing a connection.
+/// Cancelling glommio's in-flight io_uring accept would drop a connection
+/// the kernel accepted at that instant (its descriptor stays in the
+/// cancelled request, unserved). The new process accepts on the same
+/// sockets, so the pending accept completes with the next connection,
+/// which is served (with `Connection: close`, the worker is draining); only
+/// when none comes within [`ACCEPT_SETTLE`] is it cancelled.
+async fn stop_accepting(w: &Rc<Worker>, accept: glommio::Task<()>) {
+    w.stop_accepting.set(true);
+    let deadline = Instant::now() + ACCEPT_SETTLE;
+    while !w.accept_done.get() && Instant::now() < deadline {
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    accept.cancel().await;
+}
+
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut last_warn: Option<Instant> = None;
-    loop {
+    while !w.stop_accepting.get() {
         match listener.accept().await {
             Ok(stream) => {
                 if w.active.get() >= w.config().max_client_connections {
@@ -521,4 +581,5 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             }
         }
     }
+    w.accept_done.set(true);
 }

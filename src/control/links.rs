@@ -48,7 +48,7 @@ impl Links {
     pub fn broadcast(&self, make: impl Fn() -> ToWorker) {
         for o in self.outboxes.borrow().iter() {
             let msg = make();
-            if matches!(msg, ToWorker::Shutdown) {
+            if matches!(msg, ToWorker::Shutdown | ToWorker::Handover) {
                 o.push(msg);
             } else {
                 o.push_replacing(msg, |queued| make().supersedes(queued));
@@ -84,10 +84,14 @@ impl Links {
     /// Tells every worker to shut down and waits until each message is
     /// handed to its channel, the worker is gone, or `limit` passed (a
     /// stalled worker must not hold the shutdown of the others).
-    pub async fn shutdown(&self, limit: Duration) {
+    pub async fn shutdown(&self, limit: Duration, handover: bool) {
         let outboxes = std::mem::take(&mut *self.outboxes.borrow_mut());
         for o in &outboxes {
-            o.push(ToWorker::Shutdown);
+            o.push(if handover {
+                ToWorker::Handover
+            } else {
+                ToWorker::Shutdown
+            });
         }
         let all = async {
             for o in outboxes {

@@ -56,6 +56,9 @@ pub enum Signal {
     Reload,
     /// SIGINT/SIGTERM: drain and stop.
     Terminate,
+    /// A new process (SIGUSR2) took over the listening sockets: drain
+    /// softly and stop.
+    Handover,
 }
 
 /// What the control executor needs to start.
@@ -78,6 +81,10 @@ pub struct ControlParts {
     pub cluster: Option<crate::cluster::Handle>,
     /// Heartbeat stamps of every executor.
     pub liveness: Arc<Liveness>,
+    /// Set once the backend pool is complete: at once without a
+    /// `[cluster]` table, after the first read of etcd with one. A process
+    /// taking over from another reports ready only then.
+    pub synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs the control executor until a termination signal, then tells every
@@ -93,7 +100,11 @@ pub async fn run(parts: ControlParts) {
         admin,
         mut cluster,
         liveness,
+        synced,
     } = parts;
+    if cluster.is_none() {
+        synced.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut outboxes = Vec::with_capacity(to_workers.len());
     for s in to_workers {
         outboxes.push(Outbox::new(connect_sender(s).await));
@@ -108,7 +119,7 @@ pub async fn run(parts: ControlParts) {
         config_path,
         backends.clone(),
         Links::new(outboxes),
-        cluster.map(registry::ClusterState::new),
+        cluster.map(|c| registry::ClusterState::new(c, synced)),
         liveness,
     ));
     plane.publish();
@@ -145,6 +156,7 @@ pub async fn run(parts: ControlParts) {
     crate::fault::arm("control");
     let mut signals = signals.attach();
 
+    let mut handover = false;
     while let Some(signal) = signals.recv().await {
         match signal {
             Signal::Reload => {
@@ -154,11 +166,15 @@ pub async fn run(parts: ControlParts) {
                 crate::sdnotify::ready();
             }
             Signal::Terminate => break,
+            Signal::Handover => {
+                handover = true;
+                break;
+            }
         }
     }
     plane.stop_probes();
     for t in tasks {
         t.cancel().await;
     }
-    plane.links.shutdown(SHUTDOWN_HANDOFF).await;
+    plane.links.shutdown(SHUTDOWN_HANDOFF, handover).await;
 }

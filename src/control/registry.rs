@@ -52,11 +52,17 @@ pub struct ClusterState {
     /// etcd's cluster id at the last resync.
     cluster_id: Cell<u64>,
     keys: RefCell<HashMap<String, Known>>,
+    /// Set after the first full read of the registry (see
+    /// [`super::ControlParts::synced`]).
+    synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClusterState {
     /// State for a freshly started etcd thread (not yet connected).
-    pub fn new(handle: cluster::Handle) -> Self {
+    pub fn new(
+        handle: cluster::Handle,
+        synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         ClusterState {
             handle,
             connected: Cell::new(false),
@@ -65,6 +71,7 @@ impl ClusterState {
             seen: Cell::new(0),
             cluster_id: Cell::new(0),
             keys: RefCell::new(HashMap::new()),
+            synced,
         }
     }
 }
@@ -378,6 +385,9 @@ impl Plane {
                         publish |= self.apply_put(cluster, item);
                     }
                     cluster.revision.set(cluster.revision.get().max(revision));
+                    cluster
+                        .synced
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 Event::Put(item) => {
                     if !direct {
