@@ -21,6 +21,10 @@ pub enum ToWorker {
     Scrape(u64),
     /// Liveness heartbeat: handling it proves the worker's event loop runs.
     Ping,
+    /// Start accepting connections. A worker of a process taking over from
+    /// another (SIGUSR2) waits for this until the backend pool is read and
+    /// checked; otherwise it accepts from the start and ignores it.
+    Accept,
     /// Stop accepting, drain, exit.
     Shutdown,
     /// A new process took over the listening sockets: stop accepting and

@@ -530,6 +530,9 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             access_tx: access_tx.clone(),
             ready: ready_tx.clone(),
             liveness: liveness.clone(),
+            // Taking over: accept only once the pool is ready (the old
+            // process serves meanwhile).
+            accept_now: inherited.is_none(),
         };
         let exit = exit_tx.clone();
         let exit_name = name.clone();
@@ -580,7 +583,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
                 while !synced.load(Ordering::Relaxed) {
                     if std::time::Instant::now() >= deadline {
                         return Err(RuntimeError::Upgrade(format!(
-                            "the backend pool was not read from etcd within {SYNC_TIMEOUT:?}"
+                            "the backend pool was not read from etcd and checked within {SYNC_TIMEOUT:?}"
                         )));
                     }
                     std::thread::sleep(Duration::from_millis(20));

@@ -368,6 +368,8 @@ pub struct WorkerParts {
     pub reports: SharedSender<FromWorker>,
     /// Where this worker stamps its heartbeats.
     pub liveness: Arc<Liveness>,
+    /// Accept from the start (false: wait for [`ToWorker::Accept`]).
+    pub accept_now: bool,
     /// The access log thread, when the access log is on.
     pub access_tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     /// Told once this worker has its first snapshot and accepts.
@@ -385,19 +387,23 @@ pub async fn run(parts: WorkerParts) {
         access_tx,
         ready,
         liveness,
+        accept_now,
     } = parts;
     let control = connect_receiver(control).await;
     let reports = connect_sender(reports).await;
     // The forwarder is the only task that polls the shared channel; this
     // one reads the core-local inbox it fills.
     let (inbox, _forwarder) = forward(control);
+    let mut early_accept = false;
     let first = loop {
         match inbox.recv().await {
             Some(ToWorker::Snapshot(s)) => break s,
             Some(ToWorker::Ping) => liveness.beat_worker(id),
             Some(ToWorker::Shutdown | ToWorker::Handover) | None => return,
-            // Nothing to scrape or reconfigure before the first snapshot.
+            // Nothing to scrape or reconfigure before the first snapshot, and
+            // an early Accept is repeated by nobody: remember it.
             Some(ToWorker::Config(_) | ToWorker::Scrape(_)) => {}
+            Some(ToWorker::Accept) => early_accept = true,
         }
     };
     let mut bal = balancer::new(config.strategy, 0x5eed ^ ((id as u64 + 1) * 0x9E37_79B9));
@@ -431,7 +437,13 @@ pub async fn run(parts: WorkerParts) {
     // SAFETY: the runtime created this fd as a bound, listening TCP socket
     // and handed its sole ownership to this worker.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let accept = glommio::spawn_local(accept_loop(w.clone(), listener));
+    let mut listener = Some(listener);
+    let mut accept = None;
+    if accept_now || early_accept {
+        accept = listener
+            .take()
+            .map(|l| glommio::spawn_local(accept_loop(w.clone(), l)));
+    }
     let flusher = w.access.is_some().then(|| {
         let w = w.clone();
         glommio::spawn_local(async move {
@@ -463,6 +475,11 @@ pub async fn run(parts: WorkerParts) {
                 ToWorker::Config(c) if Some(i) == newest_config => w.apply_config(c),
                 ToWorker::Snapshot(_) | ToWorker::Config(_) => {}
                 ToWorker::Ping => liveness.beat_worker(id),
+                ToWorker::Accept => {
+                    if let Some(l) = listener.take() {
+                        accept = Some(glommio::spawn_local(accept_loop(w.clone(), l)));
+                    }
+                }
                 ToWorker::Scrape(seq) => {
                     let snap = w.metrics.snapshot(id, w.active.get() as u64);
                     // Never wait here: a full channel means the control
@@ -482,11 +499,14 @@ pub async fn run(parts: WorkerParts) {
     // connections, let in-flight requests finish within shutdown_timeout.
     w.soft_drain.set(soft);
     w.draining.set(true);
-    if soft {
-        stop_accepting(&w, accept).await;
-    } else {
-        accept.cancel().await;
+    match accept {
+        Some(a) if soft => stop_accepting(&w, a).await,
+        Some(a) => {
+            a.cancel().await;
+        }
+        None => {}
     }
+    drop(listener);
     let deadline = Instant::now() + w.config().shutdown_timeout;
     while w.active.get() > 0 && Instant::now() < deadline {
         // A shutdown cuts idle keep-alive connections at once. A hand-over

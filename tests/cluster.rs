@@ -1866,3 +1866,80 @@ fn etcd_over_tls_with_a_client_certificate() {
     let _ = std::fs::remove_dir_all(&certs);
     let _ = std::fs::remove_dir_all(&other);
 }
+
+/// A binary upgrade (SIGUSR2) in cluster mode: the new process reads the
+/// registry from etcd and checks what it found before it reports ready, so
+/// a backend known only through etcd is routed from its first request on.
+#[test]
+fn sigusr2_successor_reads_etcd_before_it_takes_over() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let prefix = unique_prefix();
+    let e = spawn_backend();
+    // The only static server is dead: every 200 must come from `e`, which
+    // only etcd knows.
+    let mut a = Node::start("A", &[closed_port()], &etcd.endpoint(), &prefix);
+    a.wait_connected(true, WAIT);
+    // A slow health check (400 ms): a successor that took over before its
+    // first check of `e` passed would have nothing to route to meanwhile.
+    let body = format!(
+        r#"{{"address": "{}", "check": {{"type": "http", "path": "/sleep?ms=400"}}}}"#,
+        e.addr()
+    );
+    let (status, v) = a.json("POST", "/servers", &body);
+    assert_eq!(status, 201, "{v}");
+    wait_reaches(&a, e.port, PROPAGATION);
+
+    let port = a.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                outcomes.push(try_request(port, "GET", "/"));
+                thread::sleep(Duration::from_millis(5));
+            }
+            outcomes
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    a.lb.guard.signal("USR2");
+    let status =
+        a.lb.guard
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("old process did not exit\n{}", a.log()));
+    assert_eq!(status.code(), Some(0), "{}", a.log());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = traffic.join().unwrap();
+    let new_pid: u32 =
+        a.lb.stderr
+            .snapshot()
+            .iter()
+            .find_map(|l| {
+                let l = strip_ansi(l);
+                let rest = &l[l.find("new_pid=")? + "new_pid=".len()..];
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no new_pid\n{}", a.log()));
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &new_pid.to_string()])
+        .status();
+    let bad: Vec<String> = outcomes
+        .iter()
+        .filter(|o| **o != Ok((200, Some(e.port))))
+        .map(describe)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests not served by the etcd backend across the upgrade: {:?}\n{}",
+        bad.len(),
+        outcomes.len(),
+        &bad[..bad.len().min(5)],
+        a.log()
+    );
+}

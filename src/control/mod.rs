@@ -81,10 +81,30 @@ pub struct ControlParts {
     pub cluster: Option<crate::cluster::Handle>,
     /// Heartbeat stamps of every executor.
     pub liveness: Arc<Liveness>,
-    /// Set once the backend pool is complete: at once without a
-    /// `[cluster]` table, after the first read of etcd with one. A process
-    /// taking over from another reports ready only then.
+    /// Set once the backend pool is complete and checked: the registry read
+    /// from etcd (with a `[cluster]` table) and every backend probed once.
+    /// A process taking over from another reports ready only then, so
+    /// registered backends are routable from its first request.
     pub synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often startup readiness is re-checked (a one-time wait, bounded by
+/// the first probes' timeouts and the etcd read).
+const READINESS_POLL: Duration = Duration::from_millis(20);
+
+/// Sets `synced` once the registry was read (cluster mode) and every
+/// backend has a first check result; a startup step, then the task ends.
+async fn readiness(plane: Rc<Plane>, synced: Arc<std::sync::atomic::AtomicBool>) {
+    loop {
+        let registry = plane.cluster.as_ref().is_none_or(|c| c.resynced.get());
+        if registry && plane.book.borrow().all_checked() {
+            // Workers of a process taking over wait for this to accept.
+            plane.links.broadcast(|| ToWorker::Accept);
+            synced.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        glommio::timer::sleep(READINESS_POLL).await;
+    }
 }
 
 /// Runs the control executor until a termination signal, then tells every
@@ -102,9 +122,7 @@ pub async fn run(parts: ControlParts) {
         liveness,
         synced,
     } = parts;
-    if cluster.is_none() {
-        synced.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+
     let mut outboxes = Vec::with_capacity(to_workers.len());
     for s in to_workers {
         outboxes.push(Outbox::new(connect_sender(s).await));
@@ -119,7 +137,7 @@ pub async fn run(parts: ControlParts) {
         config_path,
         backends.clone(),
         Links::new(outboxes),
-        cluster.map(|c| registry::ClusterState::new(c, synced)),
+        cluster.map(registry::ClusterState::new),
         liveness,
     ));
     plane.publish();
@@ -141,6 +159,7 @@ pub async fn run(parts: ControlParts) {
         }));
     }
     tasks.push(glommio::spawn_local(timers::run(plane.clone())));
+    tasks.push(glommio::spawn_local(readiness(plane.clone(), synced)));
     if let Some(events) = cluster_events {
         tasks.push(glommio::spawn_local(plane.clone().follow_cluster(events)));
     }

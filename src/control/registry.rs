@@ -52,17 +52,13 @@ pub struct ClusterState {
     /// etcd's cluster id at the last resync.
     cluster_id: Cell<u64>,
     keys: RefCell<HashMap<String, Known>>,
-    /// Set after the first full read of the registry (see
-    /// [`super::ControlParts::synced`]).
-    synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set after the first full read of the registry.
+    pub resynced: Cell<bool>,
 }
 
 impl ClusterState {
     /// State for a freshly started etcd thread (not yet connected).
-    pub fn new(
-        handle: cluster::Handle,
-        synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
+    pub fn new(handle: cluster::Handle) -> Self {
         ClusterState {
             handle,
             connected: Cell::new(false),
@@ -71,7 +67,7 @@ impl ClusterState {
             seen: Cell::new(0),
             cluster_id: Cell::new(0),
             keys: RefCell::new(HashMap::new()),
-            synced,
+            resynced: Cell::new(false),
         }
     }
 }
@@ -385,9 +381,7 @@ impl Plane {
                         publish |= self.apply_put(cluster, item);
                     }
                     cluster.revision.set(cluster.revision.get().max(revision));
-                    cluster
-                        .synced
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    cluster.resynced.set(true);
                 }
                 Event::Put(item) => {
                     if !direct {

@@ -218,6 +218,13 @@ impl HealthBook {
         changed
     }
 
+    /// True when every backend has had at least one active check.
+    pub fn all_checked(&self) -> bool {
+        self.entries
+            .iter()
+            .all(|e| e.checks_ok + e.checks_failed > 0)
+    }
+
     /// The earliest moment an open breaker half-opens.
     pub fn next_breaker_deadline(&self) -> Option<Instant> {
         self.entries
