@@ -92,7 +92,35 @@ impl IoBuf {
     }
 
     /// The free tail to read into, making room first (compact, then grow).
+    /// Gives up the storage (for an idle connection that should not hold
+    /// memory); the buffer must be empty. A later read allocates again, or
+    /// takes storage handed back with [`IoBuf::attach`].
+    pub fn release(&mut self) -> Vec<u8> {
+        debug_assert!(self.is_empty());
+        self.start = 0;
+        self.end = 0;
+        std::mem::take(&mut self.data)
+    }
+
+    /// Uses `storage` (from [`IoBuf::release`] of another buffer of the same
+    /// kind) instead of allocating; only while this buffer holds none.
+    pub fn attach(&mut self, storage: Vec<u8>) {
+        if self.data.is_empty() && storage.len() >= self.initial {
+            self.data = storage;
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// True while the buffer holds no storage (released).
+    pub fn is_released(&self) -> bool {
+        self.data.is_empty()
+    }
+
     fn spare(&mut self) -> &mut [u8] {
+        if self.data.is_empty() {
+            self.data.resize(self.initial, 0);
+        }
         if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -125,6 +153,30 @@ impl IoBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn released_storage_is_reattached_or_reallocated() {
+        futures_lite::future::block_on(async {
+            let mut a = IoBuf::new(4, 8);
+            let mut src: &[u8] = b"abcdefgh";
+            assert_eq!(a.read_from(&mut src).await.unwrap(), 4);
+            a.consume(4);
+            let storage = a.release();
+            assert!(a.is_released() && storage.len() == 4);
+            // Released: reads allocate again.
+            assert_eq!(a.read_from(&mut src).await.unwrap(), 4);
+            assert_eq!(a.filled(), b"efgh");
+            // Another buffer takes the storage instead of allocating.
+            let mut b = IoBuf::new(4, 8);
+            b.consume(0);
+            let _ = b.release();
+            b.attach(storage);
+            assert!(!b.is_released());
+            let mut src2: &[u8] = b"ij";
+            assert_eq!(b.read_from(&mut src2).await.unwrap(), 2);
+            assert_eq!(b.filled(), b"ij");
+        });
+    }
 
     #[test]
     fn compacts_grows_and_shrinks() {

@@ -16,7 +16,8 @@
 # KILL_EVERY (s, default 60; 0 never kills), RELOAD_EVERY (s, default 60),
 # ADMIN_EVERY (s, default 30), INTERVAL (s, default 10) between samples,
 # GROWTH_PCT (default 20) allowed growth of RSS and fds from the first
-# post-warm-up sample to the end.
+# quarter of the post-warm-up samples to the last quarter (medians, so the
+# backend pools refilling after a kill or a removal do not count as a trend).
 #
 # A killed backend is restarted on the same port 10 s later, round robin
 # over the three. Every ADMIN_EVERY s a fourth backend is added with
@@ -24,8 +25,9 @@
 # registered with PUT and a 5 s TTL that is never renewed. Every INTERVAL
 # s /metrics is scraped and a row is printed: elapsed, VmRSS (KiB), open
 # fds, events. Fails (exit 1) if the balancer dies, an admin call fails,
-# RSS or fds at the end exceed the reference sample by more than
-# GROWTH_PCT %, or SIGTERM does not end it with status 0 within 20 s.
+# the median RSS or fds of the last quarter exceed those of the first
+# quarter by more than GROWTH_PCT %, or SIGTERM does not end it with
+# status 0 within 20 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -144,6 +146,8 @@ admin_call() { # method path expected-status(es, e.g. 200|201) [json body]
 }
 added=""
 weight=1
+rss_samples=()
+fd_samples=()
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$bal_pid/status"; }
 fds() { ls "/proc/$bal_pid/fd" | wc -l; }
@@ -204,6 +208,10 @@ while [ "$t" -lt "$duration" ]; do
     fi
     last_rss="$(rss)"
     last_fds="$(fds)"
+    if [ "$t" -ge "$warmup" ]; then
+        rss_samples+=("$last_rss")
+        fd_samples+=("$last_fds")
+    fi
     if [ -z "$ref_rss" ] && [ "$t" -ge "$warmup" ]; then
         ref_rss="$last_rss"
         ref_fds="$last_fds"
@@ -222,16 +230,34 @@ echo "$load:"
 sed 's/^/  /' "$tmp/load.log"
 echo
 
+# Median of the first or last quarter of a list of numbers.
+quarter_median() { # first|last values...
+    local which="$1"
+    shift
+    local n=$# q
+    q=$(((n + 3) / 4))
+    if [ "$which" = first ]; then
+        printf '%s\n' "${@:1:q}"
+    else
+        printf '%s\n' "${@:n-q+1:q}"
+    fi | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+range() { printf '%s\n' "$@" | sort -n | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
+
 fail=0
-limit_rss=$((ref_rss * (100 + growth) / 100))
-limit_fds=$((ref_fds * (100 + growth) / 100))
-echo "RSS: reference ${ref_rss} KiB, end ${last_rss} KiB (limit ${limit_rss} KiB); after load ${idle_rss} KiB"
-echo "fds: reference ${ref_fds}, end ${last_fds} (limit ${limit_fds}); after load ${idle_fds}"
-if [ "$last_rss" -gt "$limit_rss" ]; then
+early_rss="$(quarter_median first "${rss_samples[@]}")"
+late_rss="$(quarter_median last "${rss_samples[@]}")"
+early_fds="$(quarter_median first "${fd_samples[@]}")"
+late_fds="$(quarter_median last "${fd_samples[@]}")"
+limit_rss=$((early_rss * (100 + growth) / 100))
+limit_fds=$((early_fds * (100 + growth) / 100))
+echo "RSS (KiB): first-quarter median ${early_rss}, last-quarter median ${late_rss} (limit ${limit_rss}); range $(range "${rss_samples[@]}"); reference ${ref_rss}, end ${last_rss}, after load ${idle_rss}"
+echo "fds: first-quarter median ${early_fds}, last-quarter median ${late_fds} (limit ${limit_fds}); range $(range "${fd_samples[@]}"); reference ${ref_fds}, end ${last_fds}, after load ${idle_fds}"
+if [ "$late_rss" -gt "$limit_rss" ]; then
     echo "FAIL: RSS grew more than ${growth}%"
     fail=1
 fi
-if [ "$last_fds" -gt "$limit_fds" ]; then
+if [ "$late_fds" -gt "$limit_fds" ]; then
     echo "FAIL: open descriptors grew more than ${growth}%"
     fail=1
 fi

@@ -15,6 +15,10 @@ use crate::buffer::IoBuf;
 
 /// Initial read buffer of a backend connection (grows for large heads).
 pub const BACKEND_BUF: usize = 16 * 1024;
+/// Read buffers kept for reuse per worker. An idle pooled connection holds
+/// no buffer: it gives it back here and takes one when it is reused, so
+/// memory follows the requests in flight, not the size of the pool.
+const SPARE_BUFFERS: usize = 32;
 
 /// One connection to a backend, with the bytes read from it but not consumed.
 #[derive(Debug)]
@@ -72,6 +76,8 @@ fn idle_and_clean(stream: &TcpStream) -> bool {
 #[derive(Debug, Default)]
 pub struct Pool {
     slots: Vec<Vec<BackendConn>>,
+    /// Read buffers of idle connections, for the next reused one.
+    spare: Vec<Vec<u8>>,
     capacity: usize,
     idle_timeout: Option<Duration>,
 }
@@ -82,6 +88,7 @@ impl Pool {
     pub fn new(capacity: usize, idle_timeout: Option<Duration>) -> Self {
         Pool {
             slots: Vec::new(),
+            spare: Vec::new(),
             capacity,
             idle_timeout,
         }
@@ -112,6 +119,9 @@ impl Pool {
                 continue;
             }
             c.reused = true;
+            if let Some(storage) = self.spare.pop() {
+                c.buf.attach(storage);
+            }
             return Some(c);
         }
         None
@@ -126,6 +136,12 @@ impl Pool {
         let slot = &mut self.slots[i];
         if slot.len() < self.capacity {
             conn.buf.clear();
+            let storage = conn.buf.release();
+            // Grown buffers (large heads) are not kept: they go back to the
+            // allocator.
+            if self.spare.len() < SPARE_BUFFERS && storage.len() == BACKEND_BUF {
+                self.spare.push(storage);
+            }
             conn.idle_since = Instant::now();
             slot.push(conn);
         }
