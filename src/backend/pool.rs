@@ -4,8 +4,12 @@
 //! backend it keeps at most `pool_size` idle connections in a LIFO stack (the
 //! most recently used connection is the least likely to have been closed by
 //! the backend's idle timeout). Idle connections grow with the worker count:
-//! `workers x backends x pool_size` at most.
+//! `workers x backends x pool_size` at most. The oldest idle connection is
+//! dropped once it has been idle for the idle timeout (checked on every
+//! return to the pool), so a pool shrinks back after a burst instead of
+//! keeping its high-water mark of sockets forever.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
@@ -75,7 +79,7 @@ fn idle_and_clean(stream: &TcpStream) -> bool {
 /// Idle connections per backend, for one worker.
 #[derive(Debug, Default)]
 pub struct Pool {
-    slots: Vec<Vec<BackendConn>>,
+    slots: Vec<VecDeque<BackendConn>>,
     /// Read buffers of idle connections, for the next reused one.
     spare: Vec<Vec<u8>>,
     capacity: usize,
@@ -99,14 +103,17 @@ impl Pool {
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity;
         for slot in &mut self.slots {
-            slot.truncate(capacity);
+            // Keep the most recently used ones (the back of the stack).
+            while slot.len() > capacity {
+                slot.pop_front();
+            }
         }
     }
 
     /// Takes the most recently returned idle connection to `id`, if any.
     pub fn take(&mut self, id: BackendId) -> Option<BackendConn> {
         let slot = self.slots.get_mut(id.0 as usize)?;
-        while let Some(mut c) = slot.pop() {
+        while let Some(mut c) = slot.pop_back() {
             if let Some(t) = self.idle_timeout
                 && c.idle_since.elapsed() > t
             {
@@ -131,9 +138,19 @@ impl Pool {
     pub fn put(&mut self, id: BackendId, mut conn: BackendConn) {
         let i = id.0 as usize;
         if self.slots.len() <= i {
-            self.slots.resize_with(i + 1, Vec::new);
+            self.slots.resize_with(i + 1, VecDeque::new);
         }
         let slot = &mut self.slots[i];
+        let now = Instant::now();
+        if let Some(t) = self.idle_timeout {
+            // The bottom of the stack is the longest idle.
+            while slot
+                .front()
+                .is_some_and(|c| now.duration_since(c.idle_since) > t)
+            {
+                slot.pop_front();
+            }
+        }
         if slot.len() < self.capacity {
             conn.buf.clear();
             let storage = conn.buf.release();
@@ -142,8 +159,8 @@ impl Pool {
             if self.spare.len() < SPARE_BUFFERS && storage.len() == BACKEND_BUF {
                 self.spare.push(storage);
             }
-            conn.idle_since = Instant::now();
-            slot.push(conn);
+            conn.idle_since = now;
+            slot.push_back(conn);
         }
     }
 
@@ -156,6 +173,54 @@ impl Pool {
 
     /// Idle connections to `id`.
     pub fn idle(&self, id: BackendId) -> usize {
-        self.slots.get(id.0 as usize).map_or(0, Vec::len)
+        self.slots.get(id.0 as usize).map_or(0, VecDeque::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+
+    #[test]
+    fn a_pool_shrinks_back_after_a_burst_and_reuses_buffers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::thread::spawn(move || {
+            (0..4)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let id = BackendId(0);
+                let mut pool = Pool::new(8, Some(Duration::from_millis(50)));
+                let mut conns = Vec::new();
+                for _ in 0..4 {
+                    let s = TcpStream::connect(addr).await.unwrap();
+                    conns.push(BackendConn::new(s, 64 * 1024));
+                }
+                let last = conns.pop().unwrap();
+                for c in conns {
+                    pool.put(id, c);
+                }
+                assert_eq!(pool.idle(id), 3);
+                // Idle connections hold no buffer; three were stashed.
+                assert!(pool.slots[0].iter().all(|c| c.buf.is_released()));
+                assert_eq!(pool.spare.len(), 3);
+                glommio::timer::sleep(Duration::from_millis(80)).await;
+                // The burst's connections expired: returning one more drops
+                // them from the bottom of the stack.
+                pool.put(id, last);
+                assert_eq!(pool.idle(id), 1);
+                // A reused connection gets a stashed buffer back.
+                let c = pool.take(id).expect("the fresh one");
+                assert!(!c.buf.is_released() && c.reused);
+                assert_eq!(pool.spare.len(), 3);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        drop(accepted.join().unwrap());
     }
 }
