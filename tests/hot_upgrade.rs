@@ -164,9 +164,21 @@ fn new_pid(lb: &Balancer) -> Option<u32> {
 #[test]
 fn sigusr2_hands_over_without_failing_a_request() {
     let backends = spawn_backends(2);
-    let config = Config::for_backends(&backends).with("workers", "2");
+    // A fixed port: an ordinary start refuses a port another process
+    // listens on; the hand-over must take it over all the same.
+    let fixed = closed_port();
+    let config = Config::for_backends(&backends)
+        .with("workers", "2")
+        .with("listen", &format!("\"127.0.0.1:{fixed}\""));
     let mut lb = spawn_balancer(&config, &[]);
     let port = lb.port;
+    assert_eq!(port, fixed);
+    let second = run_balancer_to_exit(
+        &["-f".as_ref(), lb.config.path.as_os_str()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
+    assert!(second.stderr.contains("address already in use"), "{}", second.stderr);
     let admin = admin_port(&lb);
     let old_pid = lb.guard.pid();
     let stop = Arc::new(AtomicBool::new(false));
