@@ -11,7 +11,8 @@
 //!   check is lives in [`crate::health::probe`]);
 //! - [`timers`]: heartbeats, breakers half-opening, TTL expiry;
 //! - [`registry`]: admin and etcd registrations, and the etcd follower;
-//! - [`reload`]: SIGHUP and `POST /reload`;
+//! - [`reload`]: SIGHUP and `POST /reload` (which keys apply live, which
+//!   refuse the reload), and SIGUSR1's access log reopen;
 //! - [`api`]: the typed handle the admin listener ([`crate::admin`]) calls;
 //! - [`plane`]: the state those tasks share.
 //!
@@ -54,6 +55,8 @@ const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(1);
 pub enum Signal {
     /// SIGHUP: reload the configuration.
     Reload,
+    /// SIGUSR1: reopen the access log file (after logrotate moved it).
+    ReopenLogs,
     /// SIGINT/SIGTERM: drain and stop.
     Terminate,
 }
@@ -78,6 +81,9 @@ pub struct ControlParts {
     pub cluster: Option<crate::cluster::Handle>,
     /// Heartbeat stamps of every executor.
     pub liveness: Arc<Liveness>,
+    /// The access log writer thread (reloads switch its file, SIGUSR1
+    /// reopens it).
+    pub access: crate::access_log::Writer,
 }
 
 /// Runs the control executor until a termination signal, then tells every
@@ -93,6 +99,7 @@ pub async fn run(parts: ControlParts) {
         admin,
         mut cluster,
         liveness,
+        access,
     } = parts;
     let mut outboxes = Vec::with_capacity(to_workers.len());
     for s in to_workers {
@@ -110,6 +117,7 @@ pub async fn run(parts: ControlParts) {
         Links::new(outboxes),
         cluster.map(registry::ClusterState::new),
         liveness,
+        access,
     ));
     plane.publish();
     for b in &backends {
@@ -148,11 +156,13 @@ pub async fn run(parts: ControlParts) {
     while let Some(signal) = signals.recv().await {
         match signal {
             Signal::Reload => {
+                // Logged, counted and sent to systemd as STATUS= by reload.
                 let _ = plane.reload();
                 // systemd shows the unit "reloading" until it hears READY
                 // again, whether the reload was applied or refused.
                 crate::sdnotify::ready();
             }
+            Signal::ReopenLogs => plane.reopen_access_log(),
             Signal::Terminate => break,
         }
     }
