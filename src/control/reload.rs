@@ -161,36 +161,83 @@ impl Plane {
 
 /// The keys that differ between `old` and `new` but only take effect at
 /// startup (sockets bound, executors built), each with its change.
+///
+/// `new` is destructured without `..` on purpose: a key added to
+/// [`Config`] does not compile until it is sorted here into the keys a
+/// reload applies or the ones it refuses.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let Config {
+        // Refused: fixed when sockets and executors are made.
+        listen,
+        workers,
+        admin_listen,
+        listen_backlog,
+        pin_workers,
+        ring_depth,
+        spin_before_park,
+        cluster,
+        // Applied: the book, the probes and the workers take the new
+        // configuration (worker.rs `apply_config`, reloads above).
+        servers: _,
+        strategy: _,
+        max_fails: _,
+        fail_window: _,
+        connection_timeout: _,
+        write_timeout: _,
+        read_timeout: _,
+        health_check_path: _,
+        health_check_interval: _,
+        health_check_timeout: _,
+        healthy_threshold: _,
+        unhealthy_threshold: _,
+        pool_size: _,
+        max_header_bytes: _,
+        client_header_timeout: _,
+        keepalive_timeout: _,
+        client_body_timeout: _,
+        send_timeout: _,
+        shutdown_timeout: _,
+        retries: _,
+        breaker_threshold: _,
+        breaker_open_duration: _,
+        breaker_half_open_requests: _,
+        retry_backoff: _,
+        retry_backoff_max: _,
+        retry_budget: _,
+        retry_non_idempotent: _,
+        max_connections: _,
+        queue_size: _,
+        queue_timeout: _,
+        max_client_connections: _,
+        admin_token: _,
+        access_log: _,
+        access_log_path: _,
+        access_log_format: _,
+    } = new;
     fn changed<T: PartialEq + std::fmt::Debug>(out: &mut Vec<String>, key: &str, old: &T, new: &T) {
         if old != new {
             out.push(format!("`{key}` changed from {old:?} to {new:?}"));
         }
     }
     let mut out = Vec::new();
-    changed(&mut out, "listen", &old.listen, &new.listen);
-    changed(&mut out, "workers", &old.workers, &new.workers);
-    changed(
-        &mut out,
-        "admin_listen",
-        &old.admin_listen,
-        &new.admin_listen,
-    );
+    changed(&mut out, "listen", &old.listen, listen);
+    changed(&mut out, "workers", &old.workers, workers);
+    changed(&mut out, "admin_listen", &old.admin_listen, admin_listen);
     changed(
         &mut out,
         "listen_backlog",
         &old.listen_backlog,
-        &new.listen_backlog,
+        listen_backlog,
     );
-    changed(&mut out, "pin_workers", &old.pin_workers, &new.pin_workers);
-    changed(&mut out, "ring_depth", &old.ring_depth, &new.ring_depth);
+    changed(&mut out, "pin_workers", &old.pin_workers, pin_workers);
+    changed(&mut out, "ring_depth", &old.ring_depth, ring_depth);
     changed(
         &mut out,
         "spin_before_park",
         &old.spin_before_park,
-        &new.spin_before_park,
+        spin_before_park,
     );
-    if old.cluster != new.cluster {
+    if old.cluster != *cluster {
         out.push("the [cluster] section changed".into());
     }
     out
@@ -202,4 +249,46 @@ fn workers_pinned_by_file(path: &std::path::Path) -> bool {
     std::fs::read_to_string(path)
         .map(|t| t.lines().any(|l| l.trim_start().starts_with("workers")))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(extra: &str) -> Config {
+        let servers = if extra.contains("servers") {
+            ""
+        } else {
+            "servers = ['127.0.0.1:1']\n"
+        };
+        config::parse(
+            Path::new("t.toml"),
+            &format!("{servers}workers = 2\n{extra}"),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn names_every_restart_only_key_and_no_live_one() {
+        let old = parse("");
+        let live = parse(
+            "servers = ['127.0.0.1:2']\nstrategy = 'Random'\naccess_log = 'json'\nmax_connections = 5\npool_size = 3",
+        );
+        assert!(restart_only_changes(&old, &live).is_empty());
+        let fixed = parse(
+            "listen_backlog = 16\npin_workers = false\nring_depth = 256\nspin_before_park = 5\nlisten = '127.0.0.1:1'",
+        );
+        let changes = restart_only_changes(&old, &fixed).join("; ");
+        for key in [
+            "`listen_backlog`",
+            "`pin_workers`",
+            "`ring_depth`",
+            "`spin_before_park`",
+            "`listen`",
+        ] {
+            assert!(changes.contains(key), "{key}: {changes}");
+        }
+        assert!(!changes.contains("`workers`"), "{changes}");
+    }
 }
