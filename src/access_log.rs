@@ -23,8 +23,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
@@ -32,6 +34,12 @@ use tracing::{info, warn};
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// A worker flushes early when its buffer grows past this.
 const FLUSH_BYTES: usize = 64 * 1024;
+/// Batches handed over and not yet written, across workers (about 16 MiB).
+/// Past it a worker drops its batch and counts the lines, so a stalled
+/// disk costs lines, not unbounded memory.
+const MAX_QUEUED_BATCHES: usize = 256;
+/// Least time between two warnings about dropped lines, per worker.
+const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Longest request line kept from a request that could not be parsed (a 414
 /// may carry a line of any length; the log line stays bounded).
 pub const MAX_LOGGED_LINE: usize = 8 * 1024;
@@ -312,16 +320,20 @@ impl Sink {
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: Sender<Msg>,
+    /// Batches sent and not yet written (see [`MAX_QUEUED_BATCHES`]).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
     /// Starts the writer thread, writing to `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Writer> {
         let (tx, rx) = channel::<Msg>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
         std::thread::Builder::new()
             .name("ekilibri-access".into())
-            .spawn(move || write_loop(sink, rx))?;
-        Ok(Writer { tx })
+            .spawn(move || write_loop(sink, rx, &q))?;
+        Ok(Writer { tx, queued })
     }
 
     /// Writes to `sink` from now on (lines already queued go to the old one).
@@ -345,19 +357,22 @@ impl Writer {
     }
 }
 
-fn write_loop(mut sink: Sink, rx: Receiver<Msg>) {
+fn write_loop(mut sink: Sink, rx: Receiver<Msg>, queued: &AtomicUsize) {
     // Warn once per run of failures, not once per batch.
     let mut failing = false;
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Lines(batch) => match sink.write_all(&batch) {
-                Ok(()) => failing = false,
-                Err(e) if !failing => {
-                    warn!("cannot write the access log: {e}; dropping lines until it works");
-                    failing = true;
+            Msg::Lines(batch) => {
+                match sink.write_all(&batch) {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        warn!("cannot write the access log: {e}; dropping lines until it works");
+                        failing = true;
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
-            },
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
             Msg::Switch(s) => {
                 sink = s;
                 failing = false;
@@ -554,6 +569,10 @@ fn format_time(local: &mut String, iso: &mut String, tm: &libc::tm, offset: i64)
 pub struct WorkerLog {
     buf: RefCell<Vec<u8>>,
     tx: Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    /// Lines dropped since the last warning, and when that was.
+    dropped: Cell<u64>,
+    warned: Cell<Option<Instant>>,
     clock: RefCell<Clock>,
     combined: Template,
     /// Request ids: a per-process prefix, the worker id, a counter.
@@ -568,6 +587,9 @@ impl WorkerLog {
         WorkerLog {
             buf: RefCell::new(Vec::new()),
             tx: writer.tx.clone(),
+            queued: writer.queued.clone(),
+            dropped: Cell::new(0),
+            warned: Cell::new(None),
             clock: RefCell::new(Clock::new()),
             combined: Template::combined(),
             id_prefix: process_prefix(),
@@ -613,7 +635,29 @@ impl WorkerLog {
             return;
         }
         let batch = std::mem::take(&mut *b);
-        let _ = self.tx.send(Msg::Lines(batch));
+        drop(b);
+        if self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_BATCHES {
+            let lines = memchr::memchr_iter(b'\n', &batch).count() as u64;
+            self.dropped.set(self.dropped.get() + lines);
+            if self
+                .warned
+                .get()
+                .is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY)
+            {
+                warn!(
+                    worker = self.worker,
+                    dropped = self.dropped.get(),
+                    "access log writer is behind (slow disk?); dropping lines"
+                );
+                self.warned.set(Some(Instant::now()));
+                self.dropped.set(0);
+            }
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Lines(batch)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -903,5 +947,33 @@ mod tests {
         );
         assert!(Target::parse("rel.log").is_err());
         assert!(Target::parse("").is_err());
+    }
+
+    #[test]
+    fn a_stalled_writer_costs_lines_not_memory() {
+        let path =
+            std::env::temp_dir().join(format!("ekilibri-access-unit-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let target = Target::File(path.clone());
+        let writer = Writer::start(target.open().unwrap()).unwrap();
+        let log = WorkerLog::new(3, &writer);
+        let e = entry(b"GET / HTTP/1.1", b"", b"");
+        // As if the writer were MAX_QUEUED_BATCHES behind.
+        writer.queued.store(MAX_QUEUED_BATCHES, Ordering::Relaxed);
+        log.log(Format::Json, None, &e);
+        log.flush();
+        writer.flush(Duration::from_secs(5));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+        assert!(log.buf.borrow().is_empty(), "the dropped batch is not kept");
+        writer.queued.store(0, Ordering::Relaxed);
+        log.log(Format::Combined, None, &e);
+        log.log(Format::Off, None, &e);
+        log.flush();
+        writer.flush(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("\"GET / HTTP/1.1\" 200 12"), "{text}");
+        assert_eq!(writer.queued.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_file(&path);
     }
 }

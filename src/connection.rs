@@ -104,6 +104,8 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
                     };
                     if w.access_log_on() {
                         captured.capture_line(client.buf.filled());
+                    } else {
+                        captured.clear();
                     }
                     let now = Instant::now();
                     record(
@@ -127,7 +129,12 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         w.stats.requests.set(w.stats.requests.get() + 1);
         let started = Instant::now();
         if w.access_log_on() {
-            captured.capture(&client.buf.filled()[..req.head_len]);
+            let filled = client.buf.filled();
+            captured.capture(filled.get(..req.head_len).unwrap_or(filled));
+        } else {
+            // A reload may turn the log on before this request is recorded:
+            // it then shows `-`, not the previous request's line.
+            captured.clear();
         }
         let request_bytes = req.head_len as u64
             + match req.body {
@@ -251,6 +258,7 @@ fn body_bytes(served: &Served, resp_out: &[u8], head_request: bool) -> u64 {
 ///
 /// `Ok(None)`: the connection should close quietly (client closed or idled
 /// out between requests, or a drain started).
+///
 /// `started` is set when the first byte of the head is seen (it stays
 /// `None` when the whole head arrived in one read).
 async fn read_head(
