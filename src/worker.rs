@@ -152,6 +152,7 @@ impl Worker {
         *self.config.borrow_mut() = new;
         info!(worker = self.id, "configuration reloaded");
     }
+
     /// True while the access log is on (no reference count touched).
     #[inline]
     pub fn access_log_on(&self) -> bool {

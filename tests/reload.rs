@@ -278,3 +278,39 @@ fn sighup_sends_the_outcome_to_systemd_as_status() {
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Requests in flight to the only backend, from `/stats/detail`.
+fn inflight(admin: u16) -> u64 {
+    let v = json_of(&http_get(admin, "/stats/detail"));
+    v[0]["inflight"].as_u64().unwrap_or(0)
+}
+
+/// Holds the only `max_connections` slot with a slow request and sends a
+/// second one: its status (503 when no slot is free and nothing may queue).
+fn second_while_one_is_busy(lb_port: u16, admin: u16) -> u16 {
+    let slow = std::thread::spawn(move || http_get(lb_port, "/sleep?ms=1500").status);
+    poll_until(WAIT, || (inflight(admin) == 1).then_some(()))
+        .expect("the slow request never got in flight");
+    let status = http_get(lb_port, "/").status;
+    assert_eq!(slow.join().expect("slow request"), 200);
+    status
+}
+
+#[test]
+fn max_connections_change_applies_on_reload() {
+    let a = spawn_backend();
+    let cfg = Config::for_backends(std::slice::from_ref(&a))
+        .with("workers", "1")
+        .with("max_connections", "1")
+        .with("queue_size", "0");
+    let lb = spawn_balancer(&cfg, &[]);
+    let admin = admin_port(&lb);
+    assert_eq!(second_while_one_is_busy(lb.port, admin), 503);
+    write_config(&lb, &cfg.clone().with("max_connections", "2"));
+    assert_eq!(post_reload(admin).0, 200);
+    assert_eq!(
+        second_while_one_is_busy(lb.port, admin),
+        200,
+        "max_connections = 2 after the reload still allowed one request"
+    );
+}
