@@ -729,6 +729,18 @@ fn validate_access_log(
         None => None,
         Some(t) => Some(Template::parse(t).map_err(|m| ("access_log_format", m))?),
     };
+    // Like the TLS files of [cluster]: a missing directory is a config
+    // error `--check` reports (permissions show when the file is opened).
+    if let Target::File(p) = &target
+        && format.is_on()
+        && let Some(dir) = p.parent()
+        && !dir.is_dir()
+    {
+        return Err((
+            "access_log_path",
+            format!("directory `{}` does not exist", dir.display()),
+        ));
+    }
     match (format, &template) {
         (Format::Custom, None) => Err((
             "access_log",
@@ -1000,6 +1012,11 @@ pool_size = 10
                 "absolute",
             ),
             ("access_log = 'nginx'", "`access_log`", "custom"),
+            (
+                "access_log = 'json'\naccess_log_path = '/nonexistent-ekilibri/a.log'",
+                "`access_log_path`",
+                "/nonexistent-ekilibri",
+            ),
         ] {
             let e = err(&format!("servers = ['127.0.0.1:1']\n{body}"));
             assert!(e.contains(key) && e.contains(what), "{body}: {e}");

@@ -206,19 +206,30 @@ fn unopenable_access_log_path_refuses_the_reload() {
     let cfg = Config::for_backends(std::slice::from_ref(&a));
     let lb = spawn_balancer(&cfg, &[]);
     let admin = admin_port(&lb);
-    let broken = cfg.clone().with("access_log", "\"json\"").with(
-        "access_log_path",
-        "\"/nonexistent-ekilibri-dir/access.log\"",
-    );
-    write_config(&lb, &broken);
-    let (status, v) = post_reload(admin);
-    assert_eq!(status, 400, "{v}");
-    let err = v["error"].as_str().unwrap_or("");
-    assert!(
-        err.contains("`access_log_path`") && err.contains("/nonexistent-ekilibri-dir"),
-        "{err}"
-    );
-    assert_eq!(metric(admin, FAILURE), Some(1.0));
+    // A directory where the file should be: the file cannot be opened.
+    let dir = unique_temp_path(".dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A directory that does not exist: the file fails validation.
+    let missing = "/nonexistent-ekilibri-dir/access.log";
+    for (path, needle) in [
+        (path_str(&dir), "cannot open"),
+        (missing.to_string(), "does not exist"),
+    ] {
+        let broken = cfg
+            .clone()
+            .with("access_log", "\"json\"")
+            .with("access_log_path", &format!("\"{path}\""));
+        write_config(&lb, &broken);
+        let (status, v) = post_reload(admin);
+        assert_eq!(status, 400, "{v}");
+        let err = v["error"].as_str().unwrap_or("");
+        assert!(
+            err.contains("`access_log_path`") && err.contains(needle),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(metric(admin, FAILURE), Some(2.0));
     // Still off: nothing on stdout.
     assert_eq!(http_get(lb.port, "/").status, 200);
     std::thread::sleep(Duration::from_millis(300));
