@@ -222,6 +222,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Access log format.
     pub access_log: crate::access_log::Format,
+    /// Where access log lines go: a file or stdout (`"-"`).
+    pub access_log_path: crate::access_log::Target,
+    /// The `access_log = "custom"` template, nginx `log_format` syntax.
+    pub access_log_format: Option<crate::access_log::Template>,
     /// io_uring ring depth of each worker.
     pub ring_depth: usize,
     /// Extra io_uring setup flags for every ring ([`crate::uring`]).
@@ -304,6 +308,8 @@ pub struct FileConfig {
     admin_listen: Option<String>,
     admin_token: Option<String>,
     access_log: Option<String>,
+    access_log_path: Option<String>,
+    access_log_format: Option<String>,
     ring_depth: Option<usize>,
     ring_setup_flags: Option<Vec<String>>,
     pin_workers: Option<bool>,
@@ -641,10 +647,16 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         Some(s) => crate::access_log::Format::parse(s).ok_or_else(|| {
             invalid(
                 "access_log",
-                format!("unknown format `{s}` (expected off, combined or json)"),
+                format!("unknown format `{s}` (expected off, combined, json or custom)"),
             )
         })?,
     };
+    let (access_log_path, access_log_format) = validate_access_log(
+        access_log,
+        f.access_log_path.as_deref(),
+        f.access_log_format.as_deref(),
+    )
+    .map_err(|(key, message)| invalid(key, message))?;
 
     let cluster = match f.cluster {
         None => None,
@@ -717,11 +729,57 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         admin_listen,
         admin_token,
         access_log,
+        access_log_path,
+        access_log_format,
         ring_depth,
         ring_setup_flags,
         pin_workers: f.pin_workers.unwrap_or(true),
         cluster,
     })
+}
+
+/// Checks `access_log_path` and `access_log_format` against `access_log`;
+/// errors name the key.
+fn validate_access_log(
+    format: crate::access_log::Format,
+    path: Option<&str>,
+    template: Option<&str>,
+) -> Result<
+    (
+        crate::access_log::Target,
+        Option<crate::access_log::Template>,
+    ),
+    (&'static str, String),
+> {
+    use crate::access_log::{Format, Target, Template};
+    let target = Target::parse(path.unwrap_or("-")).map_err(|m| ("access_log_path", m))?;
+    let template = match template {
+        None => None,
+        Some(t) => Some(Template::parse(t).map_err(|m| ("access_log_format", m))?),
+    };
+    // Like the TLS files of [cluster]: a missing directory is a config
+    // error `--check` reports (permissions show when the file is opened).
+    if let Target::File(p) = &target
+        && format.is_on()
+        && let Some(dir) = p.parent()
+        && !dir.is_dir()
+    {
+        return Err((
+            "access_log_path",
+            format!("directory `{}` does not exist", dir.display()),
+        ));
+    }
+    match (format, &template) {
+        (Format::Custom, None) => Err((
+            "access_log",
+            "\"custom\" needs `access_log_format` (an nginx log_format template)".into(),
+        )),
+        (Format::Combined | Format::Json, Some(_)) => Err((
+            "access_log_format",
+            "applies only with access_log = \"custom\"".into(),
+        )),
+        _ => Ok((target, template)),
+    }
 }
 
 /// Checks the `[cluster]` table; errors name the key.
@@ -952,6 +1010,45 @@ pool_size = 10
         assert!(c.admin_listen.is_none());
         let c = p("servers = ['127.0.0.1:1']").unwrap();
         assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn access_log_keys() {
+        use crate::access_log::{Format, Target};
+        let c = p("servers = ['127.0.0.1:1']").unwrap();
+        assert_eq!(c.access_log, Format::Off);
+        assert_eq!(c.access_log_path, Target::Stdout);
+        let c = p("servers = ['127.0.0.1:1']\naccess_log = 'custom'\naccess_log_path = '/tmp/a.log'\naccess_log_format = '$remote_addr $status'").unwrap();
+        assert_eq!(c.access_log, Format::Custom);
+        assert_eq!(c.access_log_path, Target::File("/tmp/a.log".into()));
+        assert!(c.access_log_format.is_some());
+        for (body, key, what) in [
+            (
+                "access_log_format = '$status $nope'",
+                "`access_log_format`",
+                "$nope",
+            ),
+            (
+                "access_log = 'json'\naccess_log_format = '$status'",
+                "`access_log_format`",
+                "custom",
+            ),
+            ("access_log = 'custom'", "`access_log`", "access_log_format"),
+            (
+                "access_log_path = 'relative.log'",
+                "`access_log_path`",
+                "absolute",
+            ),
+            ("access_log = 'nginx'", "`access_log`", "custom"),
+            (
+                "access_log = 'json'\naccess_log_path = '/nonexistent-ekilibri/a.log'",
+                "`access_log_path`",
+                "/nonexistent-ekilibri",
+            ),
+        ] {
+            let e = err(&format!("servers = ['127.0.0.1:1']\n{body}"));
+            assert!(e.contains(key) && e.contains(what), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -66,9 +66,22 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
     };
     let mut head_out = Vec::new();
     let mut resp_out = Vec::new();
+    // What the access log keeps of each head; empty (no allocation) while
+    // the log is off.
+    let mut captured = access_log::Captured::default();
     let mut first = true;
     loop {
-        let req = match read_head(&w, &mut client, &mut head_out, guard.id, first).await {
+        let mut head_began = None;
+        let req = match read_head(
+            &w,
+            &mut client,
+            &mut head_out,
+            guard.id,
+            first,
+            &mut head_began,
+        )
+        .await
+        {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
@@ -89,14 +102,24 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
                         response_bytes: resp.len() as u64,
                         retries: 0,
                     };
+                    if w.access_log_on() {
+                        captured.capture_line(client.buf.filled());
+                    } else {
+                        captured.clear();
+                    }
+                    let now = Instant::now();
                     record(
                         &w,
                         peer,
-                        None,
-                        &[],
-                        served,
-                        Instant::now(),
-                        client.buf.len() as u64,
+                        &captured,
+                        Finished {
+                            method: None,
+                            served,
+                            body_bytes: resp.len().saturating_sub(head_len(&resp)) as u64,
+                            began: head_began.unwrap_or(now),
+                            head_done: now,
+                            request_bytes: client.buf.len() as u64,
+                        },
                     );
                 }
                 break;
@@ -105,6 +128,14 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         first = false;
         w.stats.requests.set(w.stats.requests.get() + 1);
         let started = Instant::now();
+        if w.access_log_on() {
+            let filled = client.buf.filled();
+            captured.capture(filled.get(..req.head_len).unwrap_or(filled));
+        } else {
+            // A reload may turn the log on before this request is recorded:
+            // it then shows `-`, not the previous request's line.
+            captured.clear();
+        }
         let request_bytes = req.head_len as u64
             + match req.body {
                 BodyFraming::Length(n) => n,
@@ -114,11 +145,15 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         record(
             &w,
             peer,
-            Some(req.method),
-            &head_out,
-            served,
-            started,
-            request_bytes,
+            &captured,
+            Finished {
+                method: Some(req.method),
+                served,
+                body_bytes: body_bytes(&served, &resp_out, req.method == Method::Head),
+                began: head_began.unwrap_or(started),
+                head_done: started,
+                request_bytes,
+            },
         );
         if !served.keep || w.draining() {
             break;
@@ -129,65 +164,112 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
     let _ = client.stream.close().await;
 }
 
-/// Counts one request in the worker's metrics and access log. `head` is the
-/// forwarded head (its request line names the method and target).
-fn record(
-    w: &Worker,
-    peer: std::net::SocketAddr,
+/// How one request ended, for [`record`].
+struct Finished {
     method: Option<Method>,
-    head: &[u8],
     served: Served,
-    started: Instant,
+    /// Response body bytes sent (head excluded).
+    body_bytes: u64,
+    /// First byte of the request head.
+    began: Instant,
+    /// Head complete: proxying started.
+    head_done: Instant,
     request_bytes: u64,
-) {
-    let elapsed = started.elapsed();
+}
+
+/// Counts one request in the worker's metrics and, when it is on, the
+/// access log (`captured` holds what the log keeps of the head).
+fn record(w: &Worker, peer: std::net::SocketAddr, captured: &access_log::Captured, f: Finished) {
+    let elapsed = f.head_done.elapsed();
+    let served = f.served;
     w.metrics.record_request(
         served.backend,
-        method.unwrap_or(Method::Other),
+        f.method.unwrap_or(Method::Other),
         served.status,
         elapsed,
-        request_bytes,
+        f.request_bytes,
         served.response_bytes,
         served.from_backend,
     );
-    if let Some(log) = &w.access {
-        let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
-        let mut parts = line.splitn(3, |&b| b == b' ');
-        let m = parts.next().unwrap_or(b"-");
-        let path = parts.next().unwrap_or(b"-");
-        let snap = w.snapshot();
-        let upstream = served.backend.and_then(|id| {
-            snap.backends
-                .iter()
-                .find(|b| b.backend.id == id)
-                .map(|b| b.backend.name.as_str())
-        });
-        log.log(&access_log::Entry {
-            client: peer,
-            method: std::str::from_utf8(m).unwrap_or("-"),
-            path: std::str::from_utf8(path).unwrap_or("-"),
-            status: served.status,
-            bytes: served.response_bytes,
-            upstream,
-            duration: elapsed,
-            retries: served.retries,
-        });
+    if !w.access_log_on() {
+        return;
     }
+    let cfg = w.config();
+    let upstream = served.backend.and_then(|id| {
+        w.snapshot()
+            .backends
+            .iter()
+            .find(|b| b.backend.id == id)
+            .map(|b| b.backend.addr)
+    });
+    w.access.log(
+        cfg.access_log,
+        cfg.access_log_format.as_ref(),
+        &access_log::Entry {
+            client: peer,
+            request: captured.request(),
+            status: served.status,
+            body_bytes: f.body_bytes,
+            referer: captured.referer(),
+            user_agent: captured.user_agent(),
+            upstream,
+            upstream_status: served.backend.map(|_| served.status),
+            request_time: f.began.elapsed(),
+            upstream_time: served.backend.map(|_| elapsed),
+            retries: served.retries,
+        },
+    );
+}
+
+/// Length of the response head at the start of `resp` (0 when there is no
+/// complete head there).
+fn head_len(resp: &[u8]) -> usize {
+    memchr::memmem::find(resp, b"\r\n\r\n").map_or(0, |i| i + 4)
+}
+
+/// Response body bytes sent for `served`, for `$body_bytes_sent`.
+///
+/// A relayed response's head is still at the start of `resp_out` when it
+/// had no body, a `Content-Length` body or a body until close, or was a
+/// tunnel. A chunked body is relayed through that buffer, which then holds
+/// nothing: the head is not subtracted then (the count is high by the
+/// head's size) until the proxy reports head bytes itself. An error of our
+/// own has a canned body: its reason phrase and a newline.
+fn body_bytes(served: &Served, resp_out: &[u8], head_request: bool) -> u64 {
+    if served.response_bytes == 0 {
+        return 0;
+    }
+    if served.from_backend {
+        let head = if resp_out.starts_with(b"HTTP/") {
+            head_len(resp_out)
+        } else {
+            0
+        };
+        return served.response_bytes.saturating_sub(head as u64);
+    }
+    if head_request {
+        return 0;
+    }
+    let canned_body = canned::reason(served.status).len() as u64 + 1;
+    canned_body.min(served.response_bytes)
 }
 
 /// Reads until a complete request head is in the buffer.
 ///
 /// `Ok(None)`: the connection should close quietly (client closed or idled
 /// out between requests, or a drain started).
+///
+/// `started` is set when the first byte of the head is seen (it stays
+/// `None` when the whole head arrived in one read).
 async fn read_head(
     w: &Worker,
     c: &mut Client,
     out: &mut Vec<u8>,
     conn_id: u64,
     first: bool,
+    started: &mut Option<Instant>,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let cfg = w.config();
-    let mut started: Option<Instant> = None;
     // Bytes already parsed without finding a complete head: a head can only
     // complete (or a line turn out malformed) when a LF arrives, so a client
     // trickling bytes does not make us re-parse the whole buffer per read.
@@ -245,5 +327,43 @@ async fn read_head(
             }
             Err(_) => return Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(status: u16, from_backend: bool, response_bytes: u64) -> Served {
+        Served {
+            keep: true,
+            status,
+            backend: None,
+            from_backend,
+            response_bytes,
+            retries: 0,
+        }
+    }
+
+    #[test]
+    fn canned_bodies_are_counted_without_their_head() {
+        for status in [400, 408, 413, 414, 431, 500, 502, 503, 504, 505] {
+            let r = canned::error_response(status, true);
+            let body = (r.len() - head_len(&r)) as u64;
+            let s = served(status, false, r.len() as u64);
+            assert_eq!(body_bytes(&s, &[], false), body, "{status}");
+            assert_eq!(body_bytes(&s, &[], true), 0, "{status} to HEAD");
+        }
+        assert_eq!(body_bytes(&served(499, false, 0), &[], false), 0);
+    }
+
+    #[test]
+    fn relayed_bodies_are_counted_without_their_head() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        let mut out = head.to_vec();
+        out.extend_from_slice(b"hel");
+        let s = served(200, true, head.len() as u64 + 5);
+        assert_eq!(body_bytes(&s, &out, false), 5);
+        assert_eq!(body_bytes(&s, head, false), 5);
     }
 }

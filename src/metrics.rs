@@ -142,6 +142,7 @@ impl WorkerMetrics {
             backends: self.backends.borrow().clone(),
             client_conns,
             backend_conns: BACKEND_CONNS.with(|c| c.get()).max(0) as u64,
+            reloads: None,
         }
     }
 }
@@ -187,6 +188,20 @@ pub struct MetricsSnapshot {
     pub client_conns: u64,
     /// Open backend connections.
     pub backend_conns: u64,
+    /// The control executor's reload counters: set by it on the first
+    /// snapshot of a scrape, `None` on every worker's own.
+    pub reloads: Option<ReloadMetrics>,
+}
+
+/// Configuration reloads as the control executor counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReloadMetrics {
+    /// Reloads applied.
+    pub success: u64,
+    /// Reloads refused (the running configuration stayed).
+    pub failure: u64,
+    /// Unix time of the last applied configuration (startup counts).
+    pub last_success: f64,
 }
 
 impl MetricsSnapshot {
@@ -400,7 +415,42 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
             w.total_requests()
         );
     }
+    if let Some(r) = workers.iter().find_map(|w| w.reloads) {
+        render_reloads(&mut out, r);
+    }
     out
+}
+
+/// Appends the configuration reload families to an exposition.
+fn render_reloads(out: &mut String, r: ReloadMetrics) {
+    let _ = writeln!(
+        out,
+        "# HELP lb_config_reloads_total Configuration reloads (SIGHUP, POST /reload), by result; a refused one keeps the running configuration."
+    );
+    let _ = writeln!(out, "# TYPE lb_config_reloads_total counter");
+    let _ = writeln!(
+        out,
+        "lb_config_reloads_total{{result=\"success\"}} {}",
+        r.success
+    );
+    let _ = writeln!(
+        out,
+        "lb_config_reloads_total{{result=\"failure\"}} {}",
+        r.failure
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_config_last_reload_success_timestamp_seconds Unix time the running configuration was loaded (startup or the last applied reload)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE lb_config_last_reload_success_timestamp_seconds gauge"
+    );
+    let _ = writeln!(
+        out,
+        "lb_config_last_reload_success_timestamp_seconds {:.3}",
+        r.last_success
+    );
 }
 
 /// Cluster-mode figures for `/metrics`.
@@ -498,5 +548,23 @@ mod tests {
             text.contains("lb_health_checks_total{backend=\"127.0.0.1:1\",result=\"failure\"} 1\n")
         );
         assert!(text.contains("lb_worker_requests_total{worker=\"0\"} 3\n"));
+    }
+
+    #[test]
+    fn renders_reload_counters_once() {
+        let mut first = WorkerMetrics::default().snapshot(0, 0);
+        first.reloads = Some(ReloadMetrics {
+            success: 2,
+            failure: 1,
+            last_success: 1_700_000_000.5,
+        });
+        let second = WorkerMetrics::default().snapshot(1, 0);
+        let text = render(&[first, second], &[]);
+        assert!(text.contains("lb_config_reloads_total{result=\"success\"} 2\n"));
+        assert!(text.contains("lb_config_reloads_total{result=\"failure\"} 1\n"));
+        assert!(text.contains("lb_config_last_reload_success_timestamp_seconds 1700000000.500\n"));
+        assert_eq!(text.matches("# TYPE lb_config_reloads_total").count(), 1);
+        let none = render(&[WorkerMetrics::default().snapshot(0, 0)], &[]);
+        assert!(!none.contains("lb_config_reloads_total"));
     }
 }

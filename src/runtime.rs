@@ -2,7 +2,7 @@
 //! workers, the control executor, signals, liveness and exit.
 //!
 //! ```text
-//!   signals thread --(bridge: reload, terminate)--+
+//!   signals thread --(bridge: HUP, USR1, TERM)----+
 //!                                                 v
 //!   +------------------+  ToWorker (snapshot, config,   +----------------+
 //!   | control executor | ---- scrape, ping, shutdown) -> | worker 0 (cpu0)|
@@ -100,6 +100,14 @@ pub enum RuntimeError {
     /// this configuration.
     #[error("cannot take over from the running instance: {0}")]
     Upgrade(String),
+    /// The access log file could not be opened.
+    #[error("cannot open access_log_path `{path}`: {source}")]
+    AccessLog {
+        /// The configured path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// An executor stopped without being asked to.
     #[error("executor {0} stopped unexpectedly")]
     ExecutorDied(String),
@@ -109,6 +117,10 @@ pub enum RuntimeError {
 /// buffers (default 10 MiB). We do no file I/O, so the minimum glommio
 /// accepts is enough; this is most of the difference in resident memory.
 const IO_MEMORY: usize = 64 * 1024;
+
+/// Longest wait at exit for the access log writer to write the last lines
+/// (a stuck disk must not hold up the exit for long).
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// Capacity of each control -> worker channel (the control side coalesces,
 /// so a handful would do).
@@ -183,6 +195,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
         libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -212,6 +225,10 @@ fn spawn_signal_thread(
                     }
                     libc::SIGUSR2 => {
                         let _ = upgrade.send(());
+                    }
+                    libc::SIGUSR1 => {
+                        info!("SIGUSR1 received: reopening the access log");
+                        let _ = to_control.send(Signal::ReopenLogs);
                     }
                     _ if stopping.load(Ordering::Relaxed) => {
                         warn!("second termination signal: exiting without waiting for the drain");
@@ -447,8 +464,20 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         .map_err(|e| executor_error("ekilibri-signals", e))?;
     let liveness = Arc::new(Liveness::new(n));
     spawn_watchdog_thread(liveness.clone()).map_err(|e| executor_error("ekilibri-watchdog", e))?;
-    let access_tx =
-        (config.access_log != crate::access_log::Format::Off).then(crate::access_log::start);
+    // The writer thread runs even with the log off: a reload may turn it on.
+    let access_sink = if config.access_log.is_on() {
+        config
+            .access_log_path
+            .open()
+            .map_err(|source| RuntimeError::AccessLog {
+                path: config.access_log_path.to_string(),
+                source,
+            })?
+    } else {
+        crate::access_log::Sink::Stdout
+    };
+    let access = crate::access_log::Writer::start(access_sink)
+        .map_err(|e| executor_error("ekilibri-access", e))?;
 
     let mut to_workers = Vec::with_capacity(n);
     let mut from_workers = Vec::with_capacity(n);
@@ -485,6 +514,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         cluster,
         liveness: liveness.clone(),
         synced: synced.clone(),
+        access: access.clone(),
     };
     let exit = exit_tx.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
@@ -527,7 +557,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             listener,
             control,
             reports,
-            access_tx: access_tx.clone(),
+            access: access.clone(),
             ready: ready_tx.clone(),
             liveness: liveness.clone(),
             // Taking over: accept only once the pool is ready (the old
@@ -615,6 +645,8 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             Err(_) => return Err(RuntimeError::ExecutorDied("unknown".into())),
         }
     }
+    // The workers handed over their last lines before they ended.
+    access.flush(ACCESS_LOG_FLUSH);
     info!("shutdown complete");
     Ok(())
 }

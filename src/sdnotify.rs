@@ -1,4 +1,5 @@
-//! systemd readiness notification (`sd_notify(3)`), without libsystemd.
+//! systemd notifications (`sd_notify(3)`: readiness, reloads, status,
+//! watchdog), without libsystemd.
 //!
 //! With `Type=notify` systemd passes a datagram socket in `$NOTIFY_SOCKET`
 //! (a path, or an abstract name written with a leading `@`) and waits for
@@ -61,6 +62,22 @@ pub fn stopping() {
 /// [`ready`] when the reload is done.
 pub fn reloading() {
     notify(&format!("{RELOADING}\nMONOTONIC_USEC={}", monotonic_usec()));
+}
+
+/// Tells systemd a one-line status (`STATUS=`, shown by `systemctl
+/// status`), such as why a reload was refused.
+pub fn status(text: &str) {
+    notify(&status_line(text));
+}
+
+/// `STATUS=text` with line breaks turned into spaces (a newline would start
+/// another assignment).
+fn status_line(text: &str) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    format!("STATUS={one_line}")
 }
 
 /// Sends `state` to the datagram socket `socket`: a filesystem path, or an
@@ -134,6 +151,14 @@ mod tests {
         let server = UnixDatagram::bind_addr(&addr).unwrap();
         notify_to(&format!("@{name}"), RELOADING).unwrap();
         assert_eq!(recv(&server), "RELOADING=1");
+    }
+
+    #[test]
+    fn status_is_one_assignment() {
+        assert_eq!(
+            status_line("reload refused: `ring_depth`\nchanged"),
+            "STATUS=reload refused: `ring_depth` changed"
+        );
     }
 
     #[test]

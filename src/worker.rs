@@ -81,8 +81,10 @@ pub struct Worker {
     pub stats: Stats,
     /// Request metrics (core-local).
     pub metrics: WorkerMetrics,
-    /// Access log buffer, when enabled.
-    pub access: Option<WorkerLog>,
+    /// Access log buffer. Always there: whether a request is logged, and
+    /// how, follows the current configuration, so a reload turns it on, off
+    /// or to another format for the next request.
+    pub access: WorkerLog,
     /// Backends this worker saw fail and has not seen succeed since (by id):
     /// only those get a success report, which resets their breaker count.
     recently_failed: RefCell<Vec<bool>>,
@@ -151,10 +153,22 @@ impl Worker {
         if new.pool_size != old.pool_size {
             self.pool.borrow_mut().set_capacity(new.pool_size);
         }
+        if new.max_connections != old.max_connections {
+            // Each share was sized from the old limit when first used;
+            // permits in flight release into the semaphore they came from.
+            self.slots.borrow_mut().clear();
+        }
         *self.budget.borrow_mut() = RetryBudget::new(new.retry_budget);
         *self.config.borrow_mut() = new;
         info!(worker = self.id, "configuration reloaded");
     }
+
+    /// True while the access log is on (no reference count touched).
+    #[inline]
+    pub fn access_log_on(&self) -> bool {
+        self.config.borrow().access_log.is_on()
+    }
+
     /// The snapshot to route this request by (a core-local `Rc` clone: no
     /// atomic on the shared `Arc` per request).
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
@@ -370,8 +384,8 @@ pub struct WorkerParts {
     pub liveness: Arc<Liveness>,
     /// Accept from the start (false: wait for [`ToWorker::Accept`]).
     pub accept_now: bool,
-    /// The access log thread, when the access log is on.
-    pub access_tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    /// The access log writer thread.
+    pub access: crate::access_log::Writer,
     /// Told once this worker has its first snapshot and accepts.
     pub ready: std::sync::mpsc::Sender<usize>,
 }
@@ -384,7 +398,7 @@ pub async fn run(parts: WorkerParts) {
         listener,
         control,
         reports,
-        access_tx,
+        access,
         ready,
         liveness,
         accept_now,
@@ -409,7 +423,7 @@ pub async fn run(parts: WorkerParts) {
     let mut bal = balancer::new(config.strategy, 0x5eed ^ ((id as u64 + 1) * 0x9E37_79B9));
     bal.update(&first);
     let pool = Pool::new(config.pool_size, Some(config.keepalive_timeout));
-    let access = access_tx.map(|tx| WorkerLog::new(config.access_log, tx));
+    let access = WorkerLog::new(id, &access);
     let w = Rc::new(Worker {
         id,
         config: RefCell::new(Rc::new((*config).clone())),
@@ -444,17 +458,17 @@ pub async fn run(parts: WorkerParts) {
             .take()
             .map(|l| glommio::spawn_local(accept_loop(w.clone(), l)));
     }
-    let flusher = w.access.is_some().then(|| {
+    // Runs while the log is off too (a reload may turn it on); an empty
+    // buffer makes a flush a no-op.
+    let flusher = {
         let w = w.clone();
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(crate::access_log::FLUSH_EVERY).await;
-                if let Some(a) = &w.access {
-                    a.flush();
-                }
+                w.access.flush();
             }
         })
-    });
+    };
     let _ = ready.send(id);
     crate::fault::arm(&format!("w{id}"));
 
@@ -525,12 +539,8 @@ pub async fn run(parts: WorkerParts) {
             glommio::timer::sleep(DRAIN_POLL).await;
         }
     }
-    if let Some(f) = flusher {
-        f.cancel().await;
-    }
-    if let Some(a) = &w.access {
-        a.flush();
-    }
+    flusher.cancel().await;
+    w.access.flush();
     if w.active.get() > 0 {
         warn!(
             worker = id,

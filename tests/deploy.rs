@@ -66,7 +66,6 @@ fn unit_has_the_required_settings() {
             "ExecStart",
             "/usr/bin/ekilibri -f /etc/ekilibri/ekilibri.toml",
         ),
-        ("Service", "ExecReload", "/bin/kill -HUP $MAINPID"),
         ("Service", "Restart", "on-failure"),
         ("Service", "RestartPreventExitStatus", "2"),
         ("Service", "LimitNOFILE", "1048576"),
@@ -82,6 +81,20 @@ fn unit_has_the_required_settings() {
     ] {
         assert_eq!(unit_value(&s, section, key), value, "[{section}] {key}=");
     }
+    // A reload checks the file first (as HAProxy's unit does), then signals.
+    let reload: Vec<&str> = s
+        .iter()
+        .filter(|(section, key, _)| section == "Service" && key == "ExecReload")
+        .map(|(_, _, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        reload,
+        [
+            "/usr/bin/ekilibri --check -f /etc/ekilibri/ekilibri.toml",
+            "/bin/kill -HUP $MAINPID"
+        ],
+        "ExecReload= lines"
+    );
     // io_uring must survive the system call filter.
     let filter = unit_value(&s, "Service", "SystemCallFilter");
     assert_eq!(
@@ -269,4 +282,63 @@ fn notifies_systemd_ready_and_stopping() {
     assert_eq!(ready, "READY=1");
     assert_eq!(stopping, "STOPPING=1");
     assert!(status.success(), "{status:?}");
+}
+
+/// The unit's first `ExecReload=` checks the same file `ExecStart=` runs,
+/// and fails on a bad file (so `systemctl reload` fails before any signal)
+/// while passing a good one.
+#[test]
+fn exec_reload_check_fails_on_a_bad_file() {
+    let s = unit_settings();
+    let start = unit_value(&s, "Service", "ExecStart");
+    let check = s
+        .iter()
+        .find(|(section, key, _)| section == "Service" && key == "ExecReload")
+        .map(|(_, _, v)| v.clone())
+        .expect("ExecReload=");
+    let args: Vec<&str> = check.split_whitespace().collect();
+    assert_eq!(args[0], start.split_whitespace().next().unwrap_or(""));
+    assert!(args.contains(&"--check"), "{check}");
+    let file_arg = |cmd: &str| {
+        let words: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        let i = words.iter().position(|w| w == "-f").expect("-f");
+        words[i + 1].clone()
+    };
+    assert_eq!(file_arg(&check), file_arg(&start), "both use one file");
+
+    let dir = std::env::temp_dir().join(format!("ekilibri-reload-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |text: &str| {
+        let cfg = dir.join("ekilibri.toml");
+        std::fs::write(&cfg, text).unwrap();
+        // The packaged path, pointed at this test's file.
+        let argv: Vec<std::ffi::OsString> = args[1..]
+            .iter()
+            .map(|a| {
+                if *a == file_arg(&check) {
+                    cfg.clone().into_os_string()
+                } else {
+                    (*a).into()
+                }
+            })
+            .collect();
+        Command::new(BIN)
+            .args(argv)
+            .output()
+            .expect("run ekilibri --check")
+    };
+    let good = run("servers = [\"127.0.0.1:9\"]\nworkers = 1\n");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let bad = run("servers = [\"127.0.0.1:9\"]\nworkers = 1\naccess_log_format = \"$nope\"\n");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("access_log_format"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

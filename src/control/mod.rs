@@ -11,7 +11,8 @@
 //!   check is lives in [`crate::health::probe`]);
 //! - [`timers`]: heartbeats, breakers half-opening, TTL expiry;
 //! - [`registry`]: admin and etcd registrations, and the etcd follower;
-//! - [`reload`]: SIGHUP and `POST /reload`;
+//! - [`reload`]: SIGHUP and `POST /reload` (which keys apply live, which
+//!   refuse the reload), and SIGUSR1's access log reopen;
 //! - [`api`]: the typed handle the admin listener ([`crate::admin`]) calls;
 //! - [`plane`]: the state those tasks share.
 //!
@@ -54,6 +55,8 @@ const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(1);
 pub enum Signal {
     /// SIGHUP: reload the configuration.
     Reload,
+    /// SIGUSR1: reopen the access log file (after logrotate moved it).
+    ReopenLogs,
     /// SIGINT/SIGTERM: drain and stop.
     Terminate,
     /// A new process (SIGUSR2) took over the listening sockets: drain
@@ -86,6 +89,9 @@ pub struct ControlParts {
     /// A process taking over from another reports ready only then, so
     /// registered backends are routable from its first request.
     pub synced: Arc<std::sync::atomic::AtomicBool>,
+    /// The access log writer thread (reloads switch its file, SIGUSR1
+    /// reopens it).
+    pub access: crate::access_log::Writer,
 }
 
 /// How often startup readiness is re-checked (a one-time wait, bounded by
@@ -121,6 +127,7 @@ pub async fn run(parts: ControlParts) {
         mut cluster,
         liveness,
         synced,
+        access,
     } = parts;
 
     let mut outboxes = Vec::with_capacity(to_workers.len());
@@ -139,6 +146,7 @@ pub async fn run(parts: ControlParts) {
         Links::new(outboxes),
         cluster.map(registry::ClusterState::new),
         liveness,
+        access,
     ));
     plane.publish();
     for b in &backends {
@@ -179,11 +187,13 @@ pub async fn run(parts: ControlParts) {
     while let Some(signal) = signals.recv().await {
         match signal {
             Signal::Reload => {
+                // Logged, counted and sent to systemd as STATUS= by reload.
                 let _ = plane.reload();
                 // systemd shows the unit "reloading" until it hears READY
                 // again, whether the reload was applied or refused.
                 crate::sdnotify::ready();
             }
+            Signal::ReopenLogs => plane.reopen_access_log(),
             Signal::Terminate => break,
             Signal::Handover => {
                 handover = true;

@@ -17,13 +17,14 @@ use tracing::info;
 
 use super::links::Links;
 use super::registry::ClusterState;
+use crate::access_log::{Target, Writer};
 use crate::backend::{Backend, BackendId};
 use crate::channel::local::Notify;
 use crate::config::Config;
 use crate::health::{CheckSpec, HealthBook, Report, Source};
 use crate::liveness::Liveness;
 use crate::messages::ToWorker;
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{MetricsSnapshot, ReloadMetrics};
 
 /// How often a removal checks whether the workers' requests to the removed
 /// backend have finished.
@@ -47,6 +48,13 @@ pub struct Plane {
     /// Wakes the timer task when a deadline it sleeps towards changed (a
     /// breaker opened, a TTL was set).
     pub(super) timers: Notify,
+    /// The access log writer thread.
+    pub(super) access: Writer,
+    /// What the writer has open now; `None` while no file was opened (the
+    /// log has been off since startup). A reload compares against it.
+    pub(super) access_target: RefCell<Option<Target>>,
+    /// Reload outcomes and the time of the last good one, for `/metrics`.
+    pub(super) reloads: Cell<ReloadMetrics>,
 }
 
 impl Plane {
@@ -58,9 +66,23 @@ impl Plane {
         links: Links,
         cluster: Option<ClusterState>,
         liveness: Arc<Liveness>,
+        access: Writer,
     ) -> Self {
         let next_id = backends.iter().map(|b| b.id.0 + 1).max().unwrap_or(0);
+        // The runtime opened the log's file at startup when the log was on.
+        let access_target = config
+            .access_log
+            .is_on()
+            .then(|| config.access_log_path.clone());
         Plane {
+            access,
+            access_target: RefCell::new(access_target),
+            // The configuration loaded at startup counts as the last good load.
+            reloads: Cell::new(ReloadMetrics {
+                success: 0,
+                failure: 0,
+                last_success: unix_now(),
+            }),
             book: RefCell::new(HealthBook::new(&config, backends)),
             links,
             config: RefCell::new(config),
@@ -102,9 +124,14 @@ impl Plane {
         self.links.broadcast(|| ToWorker::Snapshot(snap.clone()));
     }
 
-    /// Asks every worker for its metrics and waits for the answers.
+    /// Asks every worker for its metrics and waits for the answers. The
+    /// first snapshot also carries the control executor's reload counters.
     pub async fn scrape(&self) -> Vec<MetricsSnapshot> {
-        self.links.scrape().await
+        let mut snaps = self.links.scrape().await;
+        if let Some(first) = snaps.first_mut() {
+            first.reloads = Some(self.reloads.get());
+        }
+        snaps
     }
 
     /// Applies a worker's passive report; publishes on a change.
@@ -207,4 +234,12 @@ impl Plane {
     pub(super) fn stop_probes(&self) {
         self.probes.borrow_mut().clear();
     }
+}
+
+/// Seconds since the Unix epoch, for timestamps on `/metrics`.
+pub(super) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
