@@ -363,8 +363,13 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         admin: admin.map(|(fd, _)| fd),
         cluster,
         liveness: liveness.clone(),
+        own: crate::config::OwnAddresses {
+            listen: Some(local),
+            admin: admin_addr,
+        },
     };
     let exit = exit_tx.clone();
+
     LocalExecutorBuilder::new(Placement::Unbound)
         .name(control_name)
         .io_memory(IO_MEMORY)

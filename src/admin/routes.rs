@@ -268,6 +268,12 @@ async fn add_server(body: &[u8], api: &impl Api) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
+    // A name is refused when any address it resolves to is this process.
+    let addrs = crate::config::candidates(&new.address, spec.addr);
+    if let Some(why) = api.own_addresses().refusal(&new.address, &addrs) {
+        return Reply::error(400, why);
+    }
+
     registered(api.register(spec, Mode::Create).await, api)
 }
 

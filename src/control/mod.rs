@@ -38,7 +38,7 @@ use crate::backend::Backend;
 use crate::channel::Outbox;
 use crate::channel::bridge;
 use crate::channel::link::{connect_receiver, connect_sender, forward};
-use crate::config::Config;
+use crate::config::{Config, OwnAddresses};
 use crate::health::CheckSpec;
 use crate::liveness::Liveness;
 use crate::messages::{FromWorker, ToWorker};
@@ -78,6 +78,8 @@ pub struct ControlParts {
     pub cluster: Option<crate::cluster::Handle>,
     /// Heartbeat stamps of every executor.
     pub liveness: Arc<Liveness>,
+    /// The listen and admin addresses as bound (real ports): never a backend.
+    pub own: OwnAddresses,
 }
 
 /// Runs the control executor until a termination signal, then tells every
@@ -93,6 +95,7 @@ pub async fn run(parts: ControlParts) {
         admin,
         mut cluster,
         liveness,
+        own,
     } = parts;
     let mut outboxes = Vec::with_capacity(to_workers.len());
     for s in to_workers {
@@ -110,6 +113,7 @@ pub async fn run(parts: ControlParts) {
         Links::new(outboxes),
         cluster.map(registry::ClusterState::new),
         liveness,
+        own,
     ));
     plane.publish();
     for b in &backends {

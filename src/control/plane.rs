@@ -19,7 +19,7 @@ use super::links::Links;
 use super::registry::ClusterState;
 use crate::backend::{Backend, BackendId};
 use crate::channel::local::Notify;
-use crate::config::Config;
+use crate::config::{Config, OwnAddresses};
 use crate::health::{CheckSpec, HealthBook, Report, Source};
 use crate::liveness::Liveness;
 use crate::messages::ToWorker;
@@ -47,6 +47,8 @@ pub struct Plane {
     /// Wakes the timer task when a deadline it sleeps towards changed (a
     /// breaker opened, a TTL was set).
     pub(super) timers: Notify,
+    /// This process's listeners as bound: registrations there are refused.
+    pub own: OwnAddresses,
 }
 
 impl Plane {
@@ -58,6 +60,7 @@ impl Plane {
         links: Links,
         cluster: Option<ClusterState>,
         liveness: Arc<Liveness>,
+        own: OwnAddresses,
     ) -> Self {
         let next_id = backends.iter().map(|b| b.id.0 + 1).max().unwrap_or(0);
         Plane {
@@ -71,6 +74,7 @@ impl Plane {
             expiry: RefCell::new(HashMap::new()),
             liveness,
             timers: Notify::new(),
+            own,
         }
     }
 
