@@ -523,4 +523,10 @@ mod tests {
         };
         assert!(!e.to_string().contains("Prometheus"), "{e}");
     }
+
+    #[test]
+    fn memlock_estimate_covers_the_registered_buffers() {
+        // Each executor registers IO_MEMORY with its three rings.
+        assert!(crate::envcheck::MEMLOCK_PER_EXECUTOR >= 3 * IO_MEMORY as u64);
+    }
 }
