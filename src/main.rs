@@ -24,16 +24,34 @@ struct Args {
     workers: Option<usize>,
 }
 
+/// The log filter: `RUST_LOG` when set and valid, else `info`, with the
+/// reason it was not used (a typo must not silently change what is logged).
+fn log_filter() -> (EnvFilter, Option<String>) {
+    let Some(raw) = std::env::var_os("RUST_LOG") else {
+        return (EnvFilter::new("info"), None);
+    };
+    let why = match raw.to_str().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => return (filter, None),
+        Some(Err(e)) => format!("RUST_LOG `{}` does not parse ({e})", raw.to_string_lossy()),
+        None => format!("RUST_LOG `{}` is not UTF-8", raw.to_string_lossy()),
+    };
+    (EnvFilter::new("info"), Some(why))
+}
+
+
 fn main() -> ExitCode {
     let args = Args::parse();
     ekilibri::runtime::install_panic_hook();
+    let (filter, bad_filter) = log_filter();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}; logging at `info` instead");
+    }
+
 
     let mut config = match ekilibri::config::load(&args.file) {
         Ok(c) => c,
