@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 /// A thread-per-core io_uring HTTP/1.1 load balancer.
@@ -22,6 +22,10 @@ struct Args {
     /// Number of request workers (overrides `workers` in the file).
     #[arg(long)]
     workers: Option<usize>,
+    /// Print the completion script for SHELL and exit (packaging installs
+    /// what this very parser generates; kept out of --help).
+    #[arg(long, value_name = "SHELL", hide = true)]
+    completions: Option<clap_complete::Shell>,
 }
 
 /// The log filter: `RUST_LOG` when set and valid, else `info`, with the
@@ -38,9 +42,17 @@ fn log_filter() -> (EnvFilter, Option<String>) {
     (EnvFilter::new("info"), Some(why))
 }
 
-
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "ekilibri",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     ekilibri::runtime::install_panic_hook();
     let (filter, bad_filter) = log_filter();
     tracing_subscriber::fmt()
@@ -51,7 +63,6 @@ fn main() -> ExitCode {
     if let Some(why) = bad_filter {
         tracing::warn!("{why}; logging at `info` instead");
     }
-
 
     let mut config = match ekilibri::config::load(&args.file) {
         Ok(c) => c,
