@@ -642,6 +642,17 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    // Only now are both listeners known: a backend at one of them would
+    // send requests back into this process.
+    let own = OwnAddresses {
+        listen: Some(listen),
+        admin: admin_listen,
+    };
+    for s in &servers {
+        if let Some(why) = own.refusal(&s.name, &candidates(&s.name, s.addr)) {
+            return Err(invalid("servers", why));
+        }
+    }
     let access_log = match f.access_log.as_deref() {
         None => crate::access_log::Format::Off,
         Some(s) => crate::access_log::Format::parse(s).ok_or_else(|| {
@@ -925,6 +936,86 @@ fn default_client_connections(workers: usize) -> usize {
     (nofile.saturating_sub(256) / (2 * workers.max(1))).max(64)
 }
 
+/// The addresses this ekilibri listens on. A backend at one of them would
+/// send requests back into this process: to the proxy port, a loop through
+/// the balancer until the connection limit; to the admin port, the admin API
+/// served as if it were a backend. The file gives them (port 0 is unknown
+/// until bound, and never matches); the control executor holds the bound
+/// ones, so registrations are checked against the real ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnAddresses {
+    /// The proxy listener (`listen`).
+    pub listen: Option<SocketAddr>,
+    /// The admin listener (`admin_listen`), when enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+impl OwnAddresses {
+    /// The config key of the listener a connection to `target` reaches.
+    pub fn reached_by(&self, target: SocketAddr) -> Option<&'static str> {
+        [("listen", self.listen), ("admin_listen", self.admin)]
+            .into_iter()
+            .find_map(|(key, own)| own.filter(|o| reaches(target, *o)).map(|_| key))
+    }
+
+    /// Why backend `name` is refused when one of `addrs` (what it resolves
+    /// to) is this process's own listener; `None` when it is another server.
+    pub fn refusal(&self, name: &str, addrs: &[SocketAddr]) -> Option<String> {
+        addrs.iter().find_map(|a| {
+            let key = self.reached_by(*a)?;
+            let what = if key == "listen" {
+                "its proxy port: every request would loop through the balancer"
+            } else {
+                "its admin API: the proxy port would serve the admin API"
+            };
+            Some(format!(
+                "`{name}` is this ekilibri's own `{key}` address ({a} reaches {what}); a backend must be another server"
+            ))
+        })
+    }
+}
+
+/// Every address `name` may stand for: itself when it is a literal
+/// address, else all the resolver gives (a name that also resolves to this
+/// process is refused whichever address comes first), and `resolved`.
+pub fn candidates(name: &str, resolved: SocketAddr) -> Vec<SocketAddr> {
+    let mut all = vec![resolved];
+    if name.parse::<SocketAddr>().is_err()
+        && let Ok(it) = name.to_socket_addrs()
+    {
+        all.extend(it.filter(|a| *a != resolved));
+    }
+    all
+}
+
+/// Whether a connection to `target` reaches a socket listening on
+/// `listener`: the same port and, for a wildcard listener (0.0.0.0, [::]),
+/// any address of this host; otherwise the same address. Connecting to
+/// a wildcard address reaches the loopback address of its family.
+pub fn reaches(target: SocketAddr, listener: SocketAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if listener.port() == 0 || target.port() != listener.port() {
+        return false;
+    }
+    let to = match target.ip().to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let on = listener.ip().to_canonical();
+    if on.is_unspecified() {
+        is_local_ip(to)
+    } else {
+        to == on
+    }
+}
+
+/// Whether `ip` is an address of this host: loopback, or one a socket can
+/// bind (the kernel refuses to bind an address no interface has).
+fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::TcpListener::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Resolves "host:port" to one socket address (the first the resolver gives).
 fn resolve(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
@@ -995,6 +1086,63 @@ pool_size = 10
 
     fn err(text: &str) -> String {
         p(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn own_addresses_in_any_spelling() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(reaches(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(!reaches(a("127.0.0.1:81"), a("127.0.0.1:80")));
+        assert!(!reaches(a("127.0.0.2:80"), a("127.0.0.1:80")));
+        assert!(reaches(a("[::ffff:127.0.0.1]:80"), a("127.0.0.1:80")));
+        assert!(reaches(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        // A wildcard listener is reached through any local address.
+        assert!(reaches(a("127.0.0.1:80"), a("0.0.0.0:80")));
+        assert!(reaches(a("127.0.0.9:80"), a("0.0.0.0:80")));
+        assert!(reaches(a("[::1]:80"), a("[::]:80")));
+        assert!(reaches(a("[::1]:80"), a("0.0.0.0:80")));
+        assert!(!reaches(a("192.0.2.1:80"), a("0.0.0.0:80")));
+        // Port 0 is not bound yet: it matches nothing.
+        assert!(!reaches(a("127.0.0.1:0"), a("127.0.0.1:0")));
+
+        let own = OwnAddresses {
+            listen: Some(a("127.0.0.1:8080")),
+            admin: Some(a("127.0.0.1:9090")),
+        };
+        assert_eq!(own.reached_by(a("127.0.0.1:9090")), Some("admin_listen"));
+        assert_eq!(own.reached_by(a("127.0.0.1:8080")), Some("listen"));
+        assert_eq!(own.reached_by(a("127.0.0.1:8081")), None);
+        let why = own
+            .refusal(
+                "localhost:8080",
+                &candidates("localhost:8080", a("[::1]:8080")),
+            )
+            .unwrap_or_default();
+        assert!(why.contains("`listen`"), "{why}");
+    }
+
+    #[test]
+    fn servers_cannot_be_the_balancer_itself() {
+        for (file, key) in [
+            ("servers = [\"127.0.0.1:8080\"]", "own `listen`"),
+            ("servers = [\"127.0.0.1:9090\"]", "own `admin_listen`"),
+            (
+                "servers = [\"localhost:7000\"]\nlisten = \"0.0.0.0:7000\"",
+                "own `listen`",
+            ),
+            (
+                "servers = [\"127.0.0.1:7001\"]\nadmin_listen = \"127.0.0.1:7001\"",
+                "own `admin_listen`",
+            ),
+        ] {
+            let e = err(file);
+            assert!(
+                e.contains("key `servers`") && e.contains(key),
+                "{file}: {e}"
+            );
+        }
+        assert!(p("servers = [\"127.0.0.1:8081\"]").is_ok());
+        assert!(p("servers = [\"127.0.0.1:9090\"]\nadmin_listen = \"\"").is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 /// A thread-per-core io_uring HTTP/1.1 load balancer.
@@ -22,6 +22,24 @@ struct Args {
     /// Number of request workers (overrides `workers` in the file).
     #[arg(long)]
     workers: Option<usize>,
+    /// Print the completion script for SHELL and exit (packaging installs
+    /// what this very parser generates; kept out of --help).
+    #[arg(long, value_name = "SHELL", hide = true)]
+    completions: Option<clap_complete::Shell>,
+}
+
+/// The log filter: `RUST_LOG` when set and valid, else `info`, with the
+/// reason it was not used (a typo must not silently change what is logged).
+fn log_filter() -> (EnvFilter, Option<String>) {
+    let Some(raw) = std::env::var_os("RUST_LOG") else {
+        return (EnvFilter::new("info"), None);
+    };
+    let why = match raw.to_str().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => return (filter, None),
+        Some(Err(e)) => format!("RUST_LOG `{}` does not parse ({e})", raw.to_string_lossy()),
+        None => format!("RUST_LOG `{}` is not UTF-8", raw.to_string_lossy()),
+    };
+    (EnvFilter::new("info"), Some(why))
 }
 
 unsafe extern "C" {
@@ -45,14 +63,25 @@ pub unsafe extern "C" fn __wrap___sys_io_uring_setup(
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "ekilibri",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     ekilibri::runtime::install_panic_hook();
+    let (filter, bad_filter) = log_filter();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}; logging at `info` instead");
+    }
 
     let mut config = match ekilibri::config::load(&args.file) {
         Ok(c) => c,

@@ -81,8 +81,10 @@ pub fn install_panic_hook() {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (`{key}`): {source}{}", port_hint(.key, *.addr))]
     Bind {
+        /// The config key that gave the address.
+        key: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -111,6 +113,17 @@ pub enum RuntimeError {
     /// An executor stopped without being asked to.
     #[error("executor {0} stopped unexpectedly")]
     ExecutorDied(String),
+}
+
+/// A hint for a port other software is known to take by default.
+fn port_hint(key: &str, addr: SocketAddr) -> String {
+    if addr.port() == 9090 {
+        format!(
+            "; 9090 is also Prometheus's default port: if a Prometheus server runs here, set `{key}` to another port"
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Memory glommio registers with io_uring per executor for storage DMA
@@ -365,12 +378,14 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         None => {
             if config.listen.port() != 0 {
                 ensure_port_free(config.listen).map_err(|source| RuntimeError::Bind {
+                    key: "listen",
                     addr: config.listen,
                     source,
                 })?;
             }
             let first = bind_listener(config.listen, config.listen_backlog).map_err(|source| {
                 RuntimeError::Bind {
+                    key: "listen",
                     addr: config.listen,
                     source,
                 }
@@ -384,6 +399,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
             for _ in 1..n {
                 let s = bind_listener(local, config.listen_backlog).map_err(|source| {
                     RuntimeError::Bind {
+                        key: "listen",
                         addr: local,
                         source,
                     }
@@ -412,7 +428,11 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     let admin: Option<(OwnedFd, SocketAddr)> = match (config.admin_listen, inherited_admin) {
         (None, None | Some(None)) => None,
         (Some(addr), None) => {
-            let s = bind_admin(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
+            let s = bind_admin(addr).map_err(|source| RuntimeError::Bind {
+                key: "admin_listen",
+                addr,
+                source,
+            })?;
             let local = s
                 .local_addr()
                 .ok()
@@ -515,6 +535,10 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         liveness: liveness.clone(),
         synced: synced.clone(),
         access: access.clone(),
+        own: crate::config::OwnAddresses {
+            listen: Some(local),
+            admin: admin_addr,
+        },
     };
     let exit = exit_tx.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
@@ -649,4 +673,40 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     access.flush(ACCESS_LOG_FLUSH);
     info!("shutdown complete");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_error_names_the_key_and_the_prometheus_port() {
+        let e = RuntimeError::Bind {
+            key: "admin_listen",
+            addr: "127.0.0.1:9090".parse().expect("literal address"),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let m = e.to_string();
+        assert!(
+            m.starts_with("cannot listen on 127.0.0.1:9090 (`admin_listen`): "),
+            "{m}"
+        );
+        assert!(
+            m.contains("Prometheus's default port")
+                && m.ends_with("set `admin_listen` to another port"),
+            "{m}"
+        );
+        let e = RuntimeError::Bind {
+            key: "listen",
+            addr: "127.0.0.1:8080".parse().expect("literal address"),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert!(!e.to_string().contains("Prometheus"), "{e}");
+    }
+
+    #[test]
+    fn memlock_estimate_covers_the_registered_buffers() {
+        // Each executor registers IO_MEMORY with its three rings.
+        assert!(crate::envcheck::MEMLOCK_PER_EXECUTOR >= 3 * IO_MEMORY as u64);
+    }
 }

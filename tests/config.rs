@@ -119,6 +119,70 @@ fn unknown_strategy_is_rejected() {
     assert_toml_rejected(&toml, Some("strategy"));
 }
 
+/// A backend at the balancer's own `listen` or `admin_listen` address, in
+/// any spelling, is refused: one line naming `servers` and the key it
+/// collides with.
+#[test]
+fn servers_at_the_balancers_own_addresses_are_rejected() {
+    let p = closed_port();
+    let q = closed_port();
+    let cases = [
+        (
+            good_config()
+                .with("listen", &format!("\"127.0.0.1:{p}\""))
+                .with("servers", &format!("[\"127.0.0.1:9\", \"127.0.0.1:{p}\"]")),
+            "listen",
+        ),
+        (
+            good_config()
+                .with("admin_listen", &format!("\"127.0.0.1:{q}\""))
+                .with(
+                    "servers",
+                    &format!("[{{ address = \"localhost:{q}\", weight = 2 }}]"),
+                ),
+            "admin_listen",
+        ),
+        (
+            good_config()
+                .with("listen", &format!("\"0.0.0.0:{p}\""))
+                .with("servers", &format!("[\"[::1]:{p}\"]")),
+            "listen",
+        ),
+        (
+            good_config()
+                .with("listen", &format!("\"[::]:{p}\""))
+                .with("servers", &format!("[\"127.0.0.1:{p}\"]")),
+            "listen",
+        ),
+        // The defaults count too: admin_listen is 127.0.0.1:9090 unless set.
+        (
+            good_config()
+                .remove("admin_listen")
+                .with("servers", "[\"127.0.0.1:9090\"]"),
+            "admin_listen",
+        ),
+    ];
+    for (cfg, key) in cases {
+        let toml = cfg.to_toml();
+        assert_toml_rejected(&toml, Some("key `servers`: "));
+        let file = write_temp_file(&toml, ".toml");
+        let r = run(&file.path, true);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{toml}: one line expected:\n{}", r.stderr);
+        assert!(
+            lines[0].contains(&format!("own `{key}` address")),
+            "{toml}: {}",
+            lines[0]
+        );
+    }
+    // Port 0 is picked at start: nothing to collide with yet.
+    let file = write_temp_file(
+        &good_config().with("servers", "[\"127.0.0.1:1\"]").to_toml(),
+        ".toml",
+    );
+    assert_eq!(run(&file.path, true).status.code(), Some(0));
+}
+
 /// Runs `--check` on a good file and returns its single summary line.
 fn check_ok(path: &Path) -> String {
     let r = run(path, true);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::backend::BackendId;
 use crate::cluster::Spec;
-use crate::config::Config;
+use crate::config::{Config, OwnAddresses};
 use crate::health::BackendInfo;
 use crate::metrics::MetricsSnapshot;
 
@@ -47,6 +47,8 @@ pub trait Api {
     fn config(&self) -> Arc<Config>;
     /// Number of request workers.
     fn workers(&self) -> usize;
+    /// This process's listen and admin addresses as bound (never a backend).
+    fn own_addresses(&self) -> OwnAddresses;
     /// Every backend with its health.
     fn backends(&self) -> Vec<BackendInfo>;
     /// Executors that missed their heartbeats, and for how long.

@@ -12,10 +12,13 @@
 //! connections are open at once (more are closed at once, before reading),
 //! and a head must arrive whole within [`HEAD_TIMEOUT`].
 //!
-//! Routes ([`routes`]): `GET /metrics`, `GET /health`, `GET /servers`,
-//! `POST /servers`, `GET /servers/{id}`, `PUT /servers/{address}` (register
-//! or renew), `DELETE /servers/{id or address}`, `GET /stats`,
-//! `GET /stats/detail`, `POST /reload`. What they do is asked of the control
+//! Routes ([`routes`]): `GET /metrics`, `GET /health`, `GET /ready` (the
+//! one route that needs no token: 200 or 503 and nothing more),
+//! `GET /servers`, `POST /servers`, `GET /servers/{id}`,
+//! `PUT /servers/{address}` (register or renew),
+//! `DELETE /servers/{id or address}`, `GET /stats`, `GET /stats/detail`,
+//! `POST /reload`. Every GET route answers HEAD; a method a route does not
+//! take gets 405 with `Allow`. What they do is asked of the control
 //! executor through the [`Api`] trait it implements.
 
 pub mod api;
@@ -52,6 +55,8 @@ struct Reply {
     status: u16,
     content_type: &'static str,
     body: Vec<u8>,
+    /// The route's methods, sent as `Allow` with a 405.
+    allow: Option<&'static str>,
 }
 
 impl Reply {
@@ -60,6 +65,24 @@ impl Reply {
             status,
             content_type: "application/json",
             body: serde_json::to_vec(&v).unwrap_or_default(),
+            allow: None,
+        }
+    }
+
+    fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+            allow: None,
+        }
+    }
+
+    /// 405, naming the methods the route takes.
+    fn not_allowed(allow: &'static str) -> Reply {
+        Reply {
+            allow: Some(allow),
+            ..Reply::error(405, format!("method not allowed (allowed: {allow})"))
         }
     }
 
@@ -72,6 +95,7 @@ impl Reply {
             status,
             content_type: "application/json",
             body: Vec::new(),
+            allow: None,
         }
     }
 }
@@ -245,17 +269,25 @@ fn bearer_token(value: &str) -> Option<&str> {
         .then_some(token.trim())
 }
 
-async fn answer(s: &mut TcpStream, api: &impl Api) -> Reply {
+/// The reply to one request, and whether it was a HEAD (sent without body).
+async fn answer(s: &mut TcpStream, api: &impl Api) -> (Reply, bool) {
     let head = futures_lite::future::or(read_head(s), async {
         glommio::timer::sleep(HEAD_TIMEOUT).await;
         Err(Reply::error(408, "request head not received in time"))
     })
     .await;
-    let mut head = match head {
+    let head = match head {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return (r, false),
     };
-    if let Some(token) = &api.config().admin_token {
+    let is_head = head.method == "HEAD";
+    (authorized(s, head, api).await, is_head)
+}
+
+/// Checks the token (`/ready` is public), reads the body and routes.
+async fn authorized(s: &mut TcpStream, mut head: Head, api: &impl Api) -> Reply {
+    let public = routes::path_of(&head.path) == "/ready";
+    if let Some(token) = api.config().admin_token.as_ref().filter(|_| !public) {
         let ok = head
             .authorization
             .as_deref()
@@ -280,21 +312,28 @@ async fn answer(s: &mut TcpStream, api: &impl Api) -> Reply {
 async fn handle_conn(mut s: TcpStream, api: &impl Api) -> std::io::Result<()> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let reply = answer(&mut s, api).await;
+    let (reply, is_head) = answer(&mut s, api).await;
     let challenge = if reply.status == 401 {
         "WWW-Authenticate: Bearer realm=\"ekilibri\"\r\n"
     } else {
         ""
     };
+    let allow = reply
+        .allow
+        .map(|a| format!("Allow: {a}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\nServer: ekilibri-admin\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}{allow}Connection: close\r\nServer: ekilibri-admin\r\n\r\n",
         reply.status,
         reason(reply.status),
         reply.content_type,
         reply.body.len()
     );
     let mut out = head.into_bytes();
-    out.extend_from_slice(&reply.body);
+    // HEAD: the same head, Content-Length included, and no body.
+    if !is_head {
+        out.extend_from_slice(&reply.body);
+    }
     s.write_all(&out).await?;
     s.close().await
 }

@@ -1,4 +1,6 @@
-//! The admin API's routes: metrics, health, servers, stats, reload.
+//! The admin API's routes: metrics, health, readiness, servers, stats,
+//! reload. Every GET route also answers HEAD (the listener drops the body);
+//! a method a route does not take gets 405 with `Allow`.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,11 +15,57 @@ use crate::cluster::{self, Spec};
 use crate::health::{BackendInfo, BreakerState, CheckSpec, Source};
 use crate::metrics::{self, BackendCounts, BackendMetrics, MetricsSnapshot};
 
-/// Answers one authenticated request.
+/// The path of a request target, without its query.
+pub(super) fn path_of(target: &str) -> &str {
+    target.split('?').next().unwrap_or("")
+}
+
+/// The methods a route takes (its 405's `Allow`); `None`: no such route.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/metrics" | "/health" | "/ready" | "/stats" | "/stats/detail" => Some("GET, HEAD"),
+        "/servers" => Some("GET, HEAD, POST"),
+        "/reload" => Some("POST"),
+        p if p.starts_with("/servers/") => Some("GET, HEAD, PUT, DELETE"),
+        _ => None,
+    }
+}
+
+/// Whether the backends can take traffic: no executor stalled and at least
+/// one backend up with its breaker not open.
+fn ready(api: &impl Api) -> bool {
+    api.stalled().is_empty()
+        && api
+            .backends()
+            .iter()
+            .any(|b| b.up && b.breaker != BreakerState::Open)
+}
+
+/// Answers one authenticated request (`/ready` needs no token).
 pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
-    let path = req.path.split('?').next().unwrap_or("");
-    match (req.method.as_str(), path) {
+    let path = path_of(&req.path);
+    let Some(allow) = allowed(path) else {
+        return Reply::error(404, "not found");
+    };
+    if !allow.split(", ").any(|m| m == req.method) {
+        return Reply::not_allowed(allow);
+    }
+    // HEAD is GET without the body, which the listener leaves out.
+    let method = match req.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
+    match (method, path) {
         ("GET", "/metrics") => metrics_reply(api).await,
+        // For load balancers and orchestrators in front of this one: no
+        // token, and nothing but yes or no.
+        ("GET", "/ready") => {
+            if ready(api) {
+                Reply::text(200, "ready\n")
+            } else {
+                Reply::text(503, "not ready\n")
+            }
+        }
         ("GET", "/health") => {
             let book = api.backends();
             let up = book
@@ -128,13 +176,10 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
                         None => Reply::error(404, format!("no server `{target}`")),
                     }
                 }
-                "DELETE" => Reply::error(404, format!("no server `{target}`")),
-                _ => Reply::error(405, "method not allowed"),
+                _ => Reply::error(404, format!("no server `{target}`")),
             }
         }
-        (_, "/metrics" | "/health" | "/servers" | "/stats" | "/stats/detail" | "/reload") => {
-            Reply::error(405, "method not allowed")
-        }
+        // `allowed` and this match list the same routes.
         _ => Reply::error(404, "not found"),
     }
 }
@@ -268,6 +313,11 @@ async fn add_server(body: &[u8], api: &impl Api) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
+    // A name is refused when any address it resolves to is this process.
+    let addrs = crate::config::candidates(&new.address, spec.addr);
+    if let Some(why) = api.own_addresses().refusal(&new.address, &addrs) {
+        return Reply::error(400, why);
+    }
     registered(api.register(spec, Mode::Create).await, api)
 }
 
@@ -316,5 +366,6 @@ async fn metrics_reply(api: &impl Api) -> Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",
         body: text.into_bytes(),
+        allow: None,
     }
 }

@@ -9,7 +9,7 @@ use super::plane::Plane;
 use crate::admin::{Api, ClusterStatus, Mode, Refusal};
 use crate::backend::BackendId;
 use crate::cluster::Spec;
-use crate::config::Config;
+use crate::config::{Config, OwnAddresses};
 use crate::health::BackendInfo;
 use crate::metrics::MetricsSnapshot;
 
@@ -31,6 +31,10 @@ impl Api for Handle {
 
     fn workers(&self) -> usize {
         self.0.workers()
+    }
+
+    fn own_addresses(&self) -> OwnAddresses {
+        self.0.own
     }
 
     fn backends(&self) -> Vec<BackendInfo> {

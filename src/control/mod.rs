@@ -39,7 +39,7 @@ use crate::backend::Backend;
 use crate::channel::Outbox;
 use crate::channel::bridge;
 use crate::channel::link::{connect_receiver, connect_sender, forward};
-use crate::config::Config;
+use crate::config::{Config, OwnAddresses};
 use crate::health::CheckSpec;
 use crate::liveness::Liveness;
 use crate::messages::{FromWorker, ToWorker};
@@ -92,6 +92,8 @@ pub struct ControlParts {
     /// The access log writer thread (reloads switch its file, SIGUSR1
     /// reopens it).
     pub access: crate::access_log::Writer,
+    /// The listen and admin addresses as bound (real ports): never a backend.
+    pub own: OwnAddresses,
 }
 
 /// How often startup readiness is re-checked (a one-time wait, bounded by
@@ -128,6 +130,7 @@ pub async fn run(parts: ControlParts) {
         liveness,
         synced,
         access,
+        own,
     } = parts;
 
     let mut outboxes = Vec::with_capacity(to_workers.len());
@@ -147,6 +150,7 @@ pub async fn run(parts: ControlParts) {
         cluster.map(registry::ClusterState::new),
         liveness,
         access,
+        own,
     ));
     plane.publish();
     for b in &backends {

@@ -20,7 +20,7 @@ use super::registry::ClusterState;
 use crate::access_log::{Target, Writer};
 use crate::backend::{Backend, BackendId};
 use crate::channel::local::Notify;
-use crate::config::Config;
+use crate::config::{Config, OwnAddresses};
 use crate::health::{CheckSpec, HealthBook, Report, Source};
 use crate::liveness::Liveness;
 use crate::messages::ToWorker;
@@ -55,6 +55,8 @@ pub struct Plane {
     pub(super) access_target: RefCell<Option<Target>>,
     /// Reload outcomes and the time of the last good one, for `/metrics`.
     pub(super) reloads: Cell<ReloadMetrics>,
+    /// This process's listeners as bound: registrations there are refused.
+    pub own: OwnAddresses,
 }
 
 impl Plane {
@@ -67,6 +69,7 @@ impl Plane {
         cluster: Option<ClusterState>,
         liveness: Arc<Liveness>,
         access: Writer,
+        own: OwnAddresses,
     ) -> Self {
         let next_id = backends.iter().map(|b| b.id.0 + 1).max().unwrap_or(0);
         // The runtime opened the log's file at startup when the log was on.
@@ -93,6 +96,7 @@ impl Plane {
             expiry: RefCell::new(HashMap::new()),
             liveness,
             timers: Notify::new(),
+            own,
         }
     }
 

@@ -163,6 +163,9 @@ impl Plane {
         mode: Mode,
     ) -> Result<(u16, BackendId), Refusal> {
         let addr = spec.addr;
+        if let Some(why) = self.own.refusal(&spec.address(), &[addr]) {
+            return Err((400, why));
+        }
         match self.find_addr(addr) {
             Some((_, Source::Config)) => {
                 let status = if mode == Mode::Create { 400 } else { 409 };
@@ -425,7 +428,15 @@ impl Plane {
         let applied = known.and_then(|k| k.applied);
         let mut publish = false;
         let mut shadowed = None;
-        let now_applied = match item.spec {
+        // This process's own listeners are never a backend: such an entry
+        // is as unusable here as an invalid one.
+        let spec = item
+            .spec
+            .and_then(|s| match self.own.refusal(&s.address(), &[s.addr]) {
+                Some(why) => Err(why),
+                None => Ok(s),
+            });
+        let now_applied = match spec {
             Err(why) => {
                 warn!(key = %item.key, "ignoring an invalid registration in etcd: {why}");
                 if let Some((id, _)) = applied {

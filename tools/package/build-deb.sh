@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Builds the Debian package with cargo-deb (installing cargo-deb first when
 # it is missing) and prints the path of the .deb on stdout; progress goes
-# to stderr. Extra arguments are passed to `cargo deb` (e.g. --no-build).
+# to stderr. Extra arguments are passed to `cargo deb` (e.g. --no-build:
+# reuse target/release/ekilibri as it is).
+#
+# The shell completions the package installs are generated here by the
+# release binary itself (`ekilibri --completions SHELL`, a hidden flag), so
+# they always match its options; hence the binary is built before
+# `cargo deb --no-build`.
 #
 #   tools/package/build-deb.sh            # -> target/debian/ekilibri_X.Y.Z-1_amd64.deb
 #
@@ -18,9 +24,21 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 
 start=$SECONDS
-# cargo-deb builds `cargo build --release`, gzips the man page, writes
-# /usr/share/doc/ekilibri/copyright and prints the package path last.
-deb=$(cargo deb "$@" | tail -n 1)
+build=true
+args=()
+for a in "$@"; do
+    if [ "$a" = --no-build ]; then build=false; else args+=("$a"); fi
+done
+if $build; then
+    cargo build --release --bin ekilibri >&2
+fi
+mkdir -p target/completions
+target/release/ekilibri --completions bash >target/completions/ekilibri.bash
+target/release/ekilibri --completions zsh >target/completions/_ekilibri
+target/release/ekilibri --completions fish >target/completions/ekilibri.fish
+# cargo-deb gzips the man page, writes /usr/share/doc/ekilibri/copyright
+# and prints the package path last.
+deb=$(cargo deb --no-build ${args[@]+"${args[@]}"} | tail -n 1)
 if [ ! -f "$deb" ]; then
     echo "build-deb: cargo deb did not report a package (got: $deb)" >&2
     exit 1

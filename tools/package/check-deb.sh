@@ -22,7 +22,10 @@ for path in \
     ./lib/systemd/system/ekilibri.service \
     ./usr/share/man/man1/ekilibri.1.gz \
     ./usr/share/doc/ekilibri/README \
-    ./usr/share/doc/ekilibri/copyright; do
+    ./usr/share/doc/ekilibri/copyright \
+    ./usr/share/bash-completion/completions/ekilibri \
+    ./usr/share/zsh/vendor-completions/_ekilibri \
+    ./usr/share/fish/vendor_completions.d/ekilibri.fish; do
     grep -qE " ${path//./\\.}\$" <<<"$contents" || fail "$path is not in the package:
 $contents"
 done
@@ -49,9 +52,20 @@ grep -qE '^ekilibri [0-9]+\.[0-9]+\.[0-9]+ \((git )?[0-9a-f]{7,}\)$' <<<"$versio
 # (errors, e.g. too many workers for this host, fail; warnings are shown).
 "$work/root/usr/bin/ekilibri" -f "$work/root/etc/ekilibri/ekilibri.toml" --check >&2 || fail "the packaged ekilibri.toml does not pass --check"
 
+# The completions are scripts for their shell that offer the options.
+grep -q 'complete -F _ekilibri' "$work/root/usr/share/bash-completion/completions/ekilibri" \
+    || fail "the bash completion does not register _ekilibri"
+grep -q '^#compdef ekilibri' "$work/root/usr/share/zsh/vendor-completions/_ekilibri" \
+    || fail "the zsh completion lacks #compdef ekilibri"
+grep -q 'complete -c ekilibri' "$work/root/usr/share/fish/vendor_completions.d/ekilibri.fish" \
+    || fail "the fish completion does not complete ekilibri"
+if command -v bash >/dev/null; then
+    bash -n "$work/root/usr/share/bash-completion/completions/ekilibri" || fail "the bash completion does not parse"
+fi
+
 # The man page is valid roff with the expected sections.
 man_text=$(zcat "$work/root/usr/share/man/man1/ekilibri.1.gz")
-for section in NAME SYNOPSIS DESCRIPTION OPTIONS FILES SIGNALS 'EXIT STATUS' 'SEE ALSO'; do
+for section in NAME SYNOPSIS DESCRIPTION OPTIONS 'ADMIN API' METRICS LOGS FILES SIGNALS 'EXIT STATUS' 'SEE ALSO'; do
     grep -q "^\.SH \"\?$section\"\?$" <<<"$man_text" || fail "man page lacks section $section"
 done
 if command -v groff >/dev/null; then
