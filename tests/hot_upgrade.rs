@@ -178,7 +178,11 @@ fn sigusr2_hands_over_without_failing_a_request() {
         Duration::from_secs(10),
     );
     assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
-    assert!(second.stderr.contains("address already in use"), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("address already in use"),
+        "{}",
+        second.stderr
+    );
     let admin = admin_port(&lb);
     let old_pid = lb.guard.pid();
     let stop = Arc::new(AtomicBool::new(false));

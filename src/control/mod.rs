@@ -10,7 +10,8 @@
 //! - [`probes`]: one active-check loop per backend (when to check; *what* a
 //!   check is lives in [`crate::health::probe`]);
 //! - [`timers`]: heartbeats, breakers half-opening, TTL expiry;
-//! - [`registry`]: admin and etcd registrations, and the etcd follower;
+//! - [`registry`]: admin and etcd registrations, and the etcd follower
+//!   ([`cluster_state`] is what it remembers);
 //! - [`reload`]: SIGHUP and `POST /reload` (which keys apply live, which
 //!   refuse the reload), and SIGUSR1's access log reopen;
 //! - [`api`]: the typed handle the admin listener ([`crate::admin`]) calls;
@@ -20,6 +21,7 @@
 //! [`run`], which tells every worker to drain and returns.
 
 pub mod api;
+pub mod cluster_state;
 pub mod links;
 pub mod plane;
 pub mod probes;
@@ -147,7 +149,7 @@ pub async fn run(parts: ControlParts) {
         config_path,
         backends.clone(),
         Links::new(outboxes),
-        cluster.map(registry::ClusterState::new),
+        cluster.map(cluster_state::ClusterState::new),
         liveness,
         access,
         own,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use super::cluster_state::ClusterState;
 use super::links::Links;
-use super::registry::ClusterState;
 use crate::access_log::{Target, Writer};
 use crate::backend::{Backend, BackendId};
 use crate::channel::local::Notify;
@@ -37,7 +37,8 @@ pub struct Plane {
     pub(super) links: Links,
     config: RefCell<Arc<Config>>,
     pub(super) config_path: PathBuf,
-    probes: RefCell<HashMap<BackendId, glommio::Task<()>>>,
+    /// Probe loop of each backend (see [`super::probes`]).
+    pub(super) probes: RefCell<HashMap<BackendId, glommio::Task<()>>>,
     next_id: Cell<u32>,
     /// Cluster mode state (None without a `[cluster]` section).
     pub cluster: Option<ClusterState>,
@@ -217,26 +218,6 @@ impl Plane {
             glommio::timer::sleep(DRAIN_POLL).await;
         }
         info!(backend = id.0, "backend removed");
-    }
-
-    /// Starts (or restarts) the probe loop of `backend`.
-    pub fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
-        let id = backend.id;
-        let task = glommio::spawn_local(super::probes::probe_loop(self.clone(), backend, check));
-        self.probes.borrow_mut().insert(id, task);
-    }
-
-    /// Restarts every probe (after a reload changed settings or the set).
-    pub(super) fn restart_probes(self: &Rc<Self>) {
-        self.probes.borrow_mut().clear();
-        for info in self.book.borrow().views() {
-            self.spawn_probe(info.backend, info.check);
-        }
-    }
-
-    /// Stops every probe.
-    pub(super) fn stop_probes(&self) {
-        self.probes.borrow_mut().clear();
     }
 }
 

@@ -56,3 +56,25 @@ pub async fn probe_loop(plane: Rc<Plane>, backend: Arc<Backend>, check: CheckSpe
         glommio::timer::sleep(config.health_check_interval).await;
     }
 }
+
+impl Plane {
+    /// Starts (or restarts) the probe loop of `backend`.
+    pub fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
+        let id = backend.id;
+        let task = glommio::spawn_local(probe_loop(self.clone(), backend, check));
+        self.probes.borrow_mut().insert(id, task);
+    }
+
+    /// Restarts every probe (after a reload changed settings or the set).
+    pub(super) fn restart_probes(self: &Rc<Self>) {
+        self.probes.borrow_mut().clear();
+        for info in self.book.borrow().views() {
+            self.spawn_probe(info.backend, info.check);
+        }
+    }
+
+    /// Stops every probe.
+    pub(super) fn stop_probes(&self) {
+        self.probes.borrow_mut().clear();
+    }
+}

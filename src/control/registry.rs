@@ -8,8 +8,7 @@
 //! than what a key already shows is ignored, so a direct apply and its
 //! watch echo, or a resync racing a write, cannot undo each other.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,60 +16,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::cluster_state::{ClusterState, Known};
 use super::plane::Plane;
 use crate::admin::{Mode, Refusal};
 use crate::backend::{Backend, BackendId};
 use crate::cluster::{self, Event, Item, Op, Spec, WriteOutcome};
 use crate::health::{CheckSpec, Source};
-
-/// What this instance last applied for one etcd key.
-#[derive(Debug, Clone)]
-struct Known {
-    /// Revision of the last change applied (a put or a delete).
-    revision: i64,
-    /// The backend it became, if it is applied (None: deleted, invalid, or
-    /// shadowed by a configured backend with the same address).
-    applied: Option<(BackendId, Spec)>,
-    /// A valid registration not applied because a configured backend has
-    /// its address; applied when that backend goes away on a reload.
-    shadowed: Option<Spec>,
-}
-
-/// Cluster mode state owned by the control executor.
-pub struct ClusterState {
-    /// The etcd thread.
-    pub handle: cluster::Handle,
-    /// Whether the etcd thread is in sync with etcd.
-    pub connected: Cell<bool>,
-    /// Highest etcd revision applied.
-    pub revision: Cell<i64>,
-    /// Full re-reads of the registry (one per (re)connection).
-    pub resyncs: Cell<u64>,
-    /// Highest revision the etcd thread reported (direct applies of admin
-    /// writes excluded): a resync below it means etcd's history restarted.
-    seen: Cell<i64>,
-    /// etcd's cluster id at the last resync.
-    cluster_id: Cell<u64>,
-    keys: RefCell<HashMap<String, Known>>,
-    /// Set after the first full read of the registry.
-    pub resynced: Cell<bool>,
-}
-
-impl ClusterState {
-    /// State for a freshly started etcd thread (not yet connected).
-    pub fn new(handle: cluster::Handle) -> Self {
-        ClusterState {
-            handle,
-            connected: Cell::new(false),
-            revision: Cell::new(0),
-            resyncs: Cell::new(0),
-            seen: Cell::new(0),
-            cluster_id: Cell::new(0),
-            keys: RefCell::new(HashMap::new()),
-            resynced: Cell::new(false),
-        }
-    }
-}
 
 /// The 503 of a cluster write that failed. A write that timed out after it
 /// was sent may still have been committed; say so rather than claim it was
