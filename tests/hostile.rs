@@ -7,12 +7,12 @@
 mod common;
 
 use common::*;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// Tests that measure latency, CPU time or memory run one at a time so they
@@ -214,40 +214,19 @@ const OK_GOOD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood";
 struct Recorder {
     port: u16,
     reqs: Arc<Mutex<Vec<Recorded>>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    _server: ThreadedServer,
 }
 
 impl Recorder {
     fn start(reply: Reply) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
         let reqs = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, reqs2) = (stop.clone(), reqs.clone());
-        let handle = thread::spawn(move || {
-            let mut next_id = 0usize;
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (id, reqs3, reply2, stop3) =
-                            (next_id, reqs2.clone(), reply.clone(), stop2.clone());
-                        next_id += 1;
-                        thread::spawn(move || serve_recorded(s, id, &reqs3, &reply2, &stop3));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
+        let reqs2 = reqs.clone();
+        let server =
+            ThreadedServer::start(move |s, id, stop| serve_recorded(s, id, &reqs2, &reply, stop));
         Recorder {
-            port,
+            port: server.port,
             reqs,
-            stop,
-            handle: Some(handle),
+            _server: server,
         }
     }
 
@@ -268,15 +247,6 @@ impl Recorder {
             (r.len() >= n).then_some(r)
         })
         .unwrap_or_else(|| panic!("backend saw {:?}, expected {n} requests", self.requests()))
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 

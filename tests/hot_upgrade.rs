@@ -151,14 +151,7 @@ fn traffic(port: u16, stop: Arc<AtomicBool>, counts: Arc<Counts>) -> Vec<JoinHan
 }
 
 fn new_pid(lb: &Balancer) -> Option<u32> {
-    lb.stderr.snapshot().iter().find_map(|l| {
-        let l = strip_ansi(l);
-        let rest = &l[l.find("new_pid=")? + "new_pid=".len()..];
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    })
+    upgraded_pid(&lb.stderr)
 }
 
 #[test]

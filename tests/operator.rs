@@ -9,20 +9,18 @@
 
 mod common;
 
+use common::etcd::Etcd;
 use common::*;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A valid admin token (at least 16 printable characters).
 const TOKEN: &str = "0123456789abcdef0123";
 /// Deadline of every poll in this file.
 const WAIT: Duration = Duration::from_secs(5);
-/// How long a fresh etcd gets to answer `endpoint health`.
-const ETCD_READY: Duration = Duration::from_secs(15);
 
 /// A file of this repository.
 fn repo_file(path: &str) -> PathBuf {
@@ -175,83 +173,15 @@ fn wildcard_listener_is_refused_through_any_local_address() {
     assert_eq!(r.status, 201, "{r:?}");
 }
 
-/// A single-node etcd on free loopback ports, removed on drop.
-struct Etcd {
-    port: u16,
-    dir: PathBuf,
-    _guard: ProcGuard,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let port = closed_port();
-        let mut peer = closed_port();
-        while peer == port {
-            peer = closed_port();
-        }
-        let dir = unique_temp_path("-etcd");
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd (the cluster tests need etcd in PATH)");
-        let etcd = Etcd {
-            port,
-            dir,
-            _guard: ProcGuard::new("etcd", child),
-        };
-        let deadline = Instant::now() + ETCD_READY;
-        while !etcd.ctl(&["endpoint", "health"]).status.success() {
-            assert!(Instant::now() < deadline, "etcd not healthy in time");
-            thread::sleep(Duration::from_millis(50));
-        }
-        etcd
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://127.0.0.1:{}", self.port))
-            .args(["--dial-timeout=2s", "--command-timeout=5s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run etcdctl")
-    }
-
-    #[track_caller]
-    fn put(&self, key: &str, value: &str) {
-        let out = self.ctl(&["put", key, value]);
-        assert!(out.status.success(), "etcdctl put: {out:?}");
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn cluster_entries_naming_the_balancer_are_ignored_with_a_warning() {
     let etcd = Etcd::start();
     let backend = spawn_backend();
     let prefix = format!("/ekilibri/operator-{}/", std::process::id());
     let toml = format!(
-        "{}\n[cluster]\netcd = [\"http://127.0.0.1:{}\"]\nprefix = \"{prefix}\"\ntimeout = 1000\n",
+        "{}\n[cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\ntimeout = 1000\n",
         Config::new(&[]).with("workers", "1").to_toml(),
-        etcd.port
+        etcd.endpoint()
     );
     let lb = spawn_balancer_toml(&toml, &[]);
     let port = admin_port(&lb);
@@ -262,7 +192,7 @@ fn cluster_entries_naming_the_balancer_are_ignored_with_a_warning() {
     assert_eq!(r.status, 400, "{r:?}");
     let key = |addr: &str| format!("{prefix}servers/{addr}");
     let out = etcd.ctl(&["get", &key(&own), "--print-value-only"]);
-    assert!(out.stdout.is_empty(), "written to etcd: {out:?}");
+    assert!(out.trim().is_empty(), "written to etcd: {out:?}");
     // Written by another writer: ignored, like an invalid value.
     for addr in [own.clone(), format!("127.0.0.1:{}", lb.port)] {
         etcd.put(&key(&addr), &format!(r#"{{"address":"{addr}"}}"#));

@@ -119,60 +119,26 @@ fn timeout_whose_retry_finds_no_backend_left_is_still_504() {
 /// the balancer, a pooled connection that went stale. Stops when dropped.
 struct StaleOrigin {
     port: u16,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    _server: ThreadedServer,
 }
 
 impl StaleOrigin {
     fn start() -> StaleOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("local addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let handle = thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
-                            let mut got = Vec::new();
-                            let mut tmp = [0u8; 4096];
-                            while find(&got, b"\r\n\r\n").is_none() {
-                                match s.read(&mut tmp) {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => got.extend_from_slice(&tmp[..n]),
-                                }
-                            }
-                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
-                            if s.write_all(reply).is_err() {
-                                return;
-                            }
-                            // The next request (or EOF) ends the connection.
-                            let _ = s.read(&mut tmp);
-                        });
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
+        let server = ThreadedServer::start(|mut s, _, _| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
+            if !read_request_head(&mut s, &mut Vec::new()) {
+                return;
             }
+            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+            if s.write_all(reply).is_err() {
+                return;
+            }
+            // The next request (or EOF) ends the connection.
+            let _ = s.read(&mut [0u8; 4096]);
         });
         StaleOrigin {
-            port,
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for StaleOrigin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            port: server.port,
+            _server: server,
         }
     }
 }

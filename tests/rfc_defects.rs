@@ -8,11 +8,9 @@
 mod common;
 
 use common::*;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------
@@ -40,37 +38,18 @@ struct Seen {
 struct Origin {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    _server: ThreadedServer,
 }
 
 impl Origin {
     fn start(reply: Reply) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let handle = thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (seen3, reply2) = (seen2.clone(), reply.clone());
-                        thread::spawn(move || serve(s, &seen3, &reply2));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
+        let seen2 = seen.clone();
+        let server = ThreadedServer::start(move |s, _, _| serve(s, &seen2, &reply));
         Origin {
-            port,
+            port: server.port,
             seen,
-            stop,
-            handle: Some(handle),
+            _server: server,
         }
     }
 
@@ -88,15 +67,6 @@ impl Origin {
             (s.len() >= n).then_some(s)
         })
         .unwrap_or_else(|| panic!("origin saw {:?}, expected {n} requests", get()))
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 

@@ -144,16 +144,16 @@ pub async fn run(parts: ControlParts) {
         inboxes.push(forward(connect_receiver(r).await));
     }
     let cluster_events = cluster.as_mut().and_then(|c| c.take_events());
-    let plane = Rc::new(Plane::new(
-        config.clone(),
+    let plane = Rc::new(Plane::new(plane::Setup {
+        config: config.clone(),
         config_path,
-        backends.clone(),
-        Links::new(outboxes),
-        cluster.map(cluster_state::ClusterState::new),
+        backends: backends.clone(),
+        links: Links::new(outboxes),
+        cluster: cluster.map(cluster_state::ClusterState::new),
         liveness,
         access,
         own,
-    ));
+    }));
     plane.publish();
     for b in &backends {
         plane.spawn_probe(b.clone(), CheckSpec::Http(config.health_check_path.clone()));

@@ -60,18 +60,31 @@ pub struct Plane {
     pub own: OwnAddresses,
 }
 
+/// What a [`Plane`] starts from.
+pub(super) struct Setup {
+    pub config: Arc<Config>,
+    pub config_path: PathBuf,
+    pub backends: Vec<Arc<Backend>>,
+    pub links: Links,
+    pub cluster: Option<ClusterState>,
+    pub liveness: Arc<Liveness>,
+    pub access: Writer,
+    pub own: OwnAddresses,
+}
+
 impl Plane {
     /// State for a control executor with these links and backends.
-    pub(super) fn new(
-        config: Arc<Config>,
-        config_path: PathBuf,
-        backends: Vec<Arc<Backend>>,
-        links: Links,
-        cluster: Option<ClusterState>,
-        liveness: Arc<Liveness>,
-        access: Writer,
-        own: OwnAddresses,
-    ) -> Self {
+    pub(super) fn new(setup: Setup) -> Self {
+        let Setup {
+            config,
+            config_path,
+            backends,
+            links,
+            cluster,
+            liveness,
+            access,
+            own,
+        } = setup;
         let next_id = backends.iter().map(|b| b.id.0 + 1).max().unwrap_or(0);
         // The runtime opened the log's file at startup when the log was on.
         let access_target = config

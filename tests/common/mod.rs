@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -1034,65 +1036,98 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// A fake backend in a thread: for every accepted connection it reads
-/// until the end of a request head (or EOF) and then writes `reply` and
-/// closes. Stops when dropped.
-pub struct FakeBackend {
+/// A loopback listener that hands every accepted connection (blocking,
+/// with the connection's sequence number) to `serve` on a thread of its
+/// own, until dropped: the accept loop every fake backend and origin of the
+/// tests is built on. Handlers get the server's stop flag, set on drop.
+pub struct ThreadedServer {
     pub port: u16,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
+    /// Set when the server is dropped (long-running handlers may watch it).
+    pub stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
 }
 
-impl FakeBackend {
-    pub fn start(reply: &'static [u8]) -> FakeBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
+impl ThreadedServer {
+    pub fn start(
+        serve: impl Fn(TcpStream, usize, &AtomicBool) + Send + Sync + 'static,
+    ) -> ThreadedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let port = listener.local_addr().expect("local address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let serve = Arc::new(serve);
         let (stop2, accepted2) = (stop.clone(), accepted.clone());
         let handle = thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
-                        accepted2.fetch_add(1, Ordering::SeqCst);
-                        thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                            let mut got = Vec::new();
-                            let mut tmp = [0u8; 4096];
-                            while find(&got, b"\r\n\r\n").is_none() {
-                                match s.read(&mut tmp) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => got.extend_from_slice(&tmp[..n]),
-                                }
-                            }
-                            let _ = s.write_all(reply);
-                            let _ = s.shutdown(Shutdown::Both);
-                        });
+                    Ok((s, _)) => {
+                        let id = accepted2.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.set_nonblocking(false);
+                        let (serve, stop3) = (serve.clone(), stop2.clone());
+                        thread::spawn(move || serve(s, id, &stop3));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(5));
+                        thread::sleep(Duration::from_millis(2));
                     }
                     Err(_) => break,
                 }
             }
         });
-        FakeBackend {
+        ThreadedServer {
             port,
+            accepted,
             stop,
             handle: Some(handle),
-            accepted,
         }
     }
 }
 
-impl Drop for FakeBackend {
+impl Drop for ThreadedServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// Reads from `s` through the end of a request head; false on EOF or error.
+pub fn read_request_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut tmp = [0u8; 4096];
+    while find(buf, b"\r\n\r\n").is_none() {
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    true
+}
+
+/// A fake backend: for every accepted connection it reads until the end of
+/// a request head (or EOF) and then writes `reply` and closes.
+pub struct FakeBackend {
+    pub port: u16,
+    pub accepted: Arc<AtomicUsize>,
+    _server: ThreadedServer,
+}
+
+impl FakeBackend {
+    pub fn start(reply: &'static [u8]) -> FakeBackend {
+        let server = ThreadedServer::start(move |mut s, _, _| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            read_request_head(&mut s, &mut Vec::new());
+            let _ = s.write_all(reply);
+            let _ = s.shutdown(Shutdown::Both);
+        });
+        FakeBackend {
+            port: server.port,
+            accepted: server.accepted.clone(),
+            _server: server,
         }
     }
 }
@@ -1296,4 +1331,17 @@ pub fn json_of(r: &Response) -> serde_json::Value {
     r.assert_complete_with_length();
     serde_json::from_slice(&r.body)
         .unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {:?}", r.body_str()))
+}
+
+/// The pid a binary upgrade (SIGUSR2) started, from the old process's log
+/// line `upgrade: the new process serves ... new_pid=N`.
+pub fn upgraded_pid(lines: &Lines) -> Option<u32> {
+    lines.snapshot().iter().find_map(|l| {
+        let l = strip_ansi(l);
+        let rest = &l[l.find("new_pid=")? + "new_pid=".len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
 }
