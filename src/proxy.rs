@@ -369,6 +369,7 @@ async fn attempt(
         }
         return Attempt::Fail(e, retry_safe);
     }
+    let sent = Instant::now();
 
     // 2. Read the response head, relaying interim responses.
     let client_side = ClientSide {
@@ -398,6 +399,8 @@ async fn attempt(
             }
         }
     };
+    w.metrics
+        .record_backend_response(backend.id, sent.elapsed());
     conn.buf.consume(head.head_len);
     // From here on the request body is no longer needed for a retry.
     if let Some(n) = body_in_buf

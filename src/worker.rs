@@ -305,6 +305,9 @@ impl Worker {
             }
         }
         self.balancer.borrow_mut().update(&snap);
+        // Metrics of backends that left the set go with them.
+        let live: Vec<BackendId> = snap.backends.iter().map(|b| b.backend.id).collect();
+        self.metrics.retain_backends(&live);
         debug!(
             worker = self.id,
             version = snap.version,

@@ -352,6 +352,9 @@ async fn metrics_reply(api: &impl Api) -> Reply {
         })
         .collect();
     let mut text = metrics::render(&scrape, &backends);
+    metrics::render_build_info(&mut text);
+    // Read here, on the control executor, when scraped: never per request.
+    metrics::process::render(&mut text, &metrics::process::read());
     if let Some(c) = api.cluster() {
         metrics::render_cluster(
             &mut text,
