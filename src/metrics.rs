@@ -508,12 +508,16 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
     );
     histogram_samples(&mut out, "lb_request_duration_seconds", "", &duration);
 
-    family(
-        &mut out,
-        "lb_backend_response_seconds",
-        "histogram",
-        "Time from the request sent to a backend (head and body) to its final response head, by backend; failed attempts are not counted.",
-    );
+    // A histogram family without a series would have no buckets: none
+    // while there is no backend.
+    if !names.is_empty() {
+        family(
+            &mut out,
+            "lb_backend_response_seconds",
+            "histogram",
+            "Time from the request sent to a backend (head and body) to its final response head, by backend; failed attempts are not counted.",
+        );
+    }
     for (i, name) in names.iter().enumerate() {
         let labels = format!("backend=\"{}\",", esc(name));
         histogram_samples(
@@ -1000,5 +1004,6 @@ mod tests {
         assert_eq!(text.matches("# TYPE lb_config_reloads_total").count(), 1);
         let none = render(&[WorkerMetrics::default().snapshot(0, 0)], &[]);
         assert!(!none.contains("lb_config_reloads_total"));
+        assert!(!none.contains("lb_backend_response_seconds"));
     }
 }
