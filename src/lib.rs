@@ -38,7 +38,9 @@
 //! - [`backend`]: backend identity and the core-local connection pool.
 //! - [`http`]: request and response head parsing and rewriting, chunked
 //!   decoding, canned responses. Pure functions, no I/O.
-//! - [`metrics`]: core-local request counters, summed and rendered on scrape.
+//! - [`metrics`]: core-local request counters, summed and rendered on scrape
+//!   (labelled by backend address, pruned with the backend set), plus
+//!   process and build metrics read on scrape.
 //! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
 //! - [`config`]: the TOML file (compatible with the original Ekilibri),
