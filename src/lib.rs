@@ -22,10 +22,16 @@
 //!   the control executor only through its [`admin::Api`] trait.
 //! - [`cluster`]: cluster mode: the etcd registry's data model and the etcd
 //!   client thread.
-//! - [`worker`]: a worker's accept loop and core-local state (snapshot,
-//!   balancer, pool, counters, drain).
-//! - [`connection`]: one client connection's keep-alive loop and timeouts.
+//! - [`worker`]: a worker's accept loop, its control-message loop
+//!   (snapshots, configs, scrapes, heartbeats, shutdown) and the drain
+//!   registry of open client connections. Owns the worker's [`context`].
+//! - [`connection`]: one client connection's keep-alive loop and timeouts;
+//!   tells the worker's drain registry when it idles.
 //! - [`proxy`]: forward one request, relay one response, decide retries.
+//! - [`context`]: what the request path needs from its worker: config and
+//!   snapshot, balancer pick, keep-alive pool, passive reports, connection
+//!   slots, breaker trials, retry budget, counters, metrics, access-log
+//!   buffer. Knows nothing of connections, proxying or the accept loop.
 //! - [`retry`]: the per-worker retry budget and the backoff delay.
 //! - [`balancer`]: one strategy per file behind the [`balancer::Balancer`] trait.
 //! - [`health`]: the health state machine (thresholds, passive failures,
@@ -59,6 +65,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod context;
 pub mod control;
 pub mod envcheck;
 pub mod error;

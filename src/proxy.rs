@@ -34,7 +34,8 @@ use tracing::debug;
 
 use crate::backend::pool::BackendConn;
 use crate::backend::{Backend, BackendId};
-use crate::connection::Client;
+use crate::buffer::IoBuf;
+use crate::context::Context;
 use crate::error::{ErrorSource, ProxyError};
 use crate::health::BackendView;
 use crate::health::failure_kind;
@@ -43,10 +44,21 @@ use crate::http::request::{Method, RequestHead};
 use crate::http::response::{self, ClientSide, ResponseHead};
 use crate::http::{BodyFraming, canned};
 use crate::retry::backoff;
-use crate::worker::Worker;
 
 /// Bodies up to this size are sent in the same write as their head.
 const COALESCE: usize = 16 * 1024;
+/// Read size while streaming a long request body.
+pub const BODY_BUF: usize = 64 * 1024;
+
+/// The client side of one connection, as proxying sees it.
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the client and not yet consumed.
+    pub buf: IoBuf,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+}
 
 /// What happened to one request, for the keep-alive decision, metrics and
 /// the access log.
@@ -96,7 +108,7 @@ enum Attempt {
 /// Proxies one request whose head is parsed (`head_out` holds the forwarded
 /// head). Returns whether the client connection may stay open.
 pub async fn handle(
-    w: &Worker,
+    w: &Context,
     c: &mut Client,
     req: &RequestHead,
     head_out: &mut Vec<u8>,
@@ -323,7 +335,7 @@ struct BodyState {
     continue_sent: bool,
 }
 
-async fn connect(w: &Worker, backend: &Backend) -> Result<BackendConn, ProxyError> {
+async fn connect(w: &Context, backend: &Backend) -> Result<BackendConn, ProxyError> {
     let cfg = w.config();
     let stream = TcpStream::connect_timeout(backend.addr, cfg.connection_timeout)
         .await
@@ -344,7 +356,7 @@ async fn connect(w: &Worker, backend: &Backend) -> Result<BackendConn, ProxyErro
 /// One try on one backend connection.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
-    w: &Worker,
+    w: &Context,
     c: &mut Client,
     req: &RequestHead,
     head_out: &mut Vec<u8>,
@@ -471,7 +483,7 @@ fn looks_stale(e: &ProxyError) -> bool {
 
 /// Writes the head and streams the request body to the backend.
 async fn send_request(
-    w: &Worker,
+    w: &Context,
     c: &mut Client,
     req: &RequestHead,
     head_out: &mut Vec<u8>,
@@ -499,7 +511,7 @@ async fn send_request(
             conn.stream.write_all(head_out).await.map_err(be)?;
             maybe_continue(w, c, req, state).await?;
             state.consumed = true;
-            c.buf.ensure_capacity(crate::connection::BODY_BUF);
+            c.buf.ensure_capacity(BODY_BUF);
             let _ = c
                 .stream
                 .set_read_timeout(Some(w.config().client_body_timeout));
@@ -531,7 +543,7 @@ async fn send_request(
             conn.stream.write_all(head_out).await.map_err(be)?;
             maybe_continue(w, c, req, state).await?;
             state.consumed = true;
-            c.buf.ensure_capacity(crate::connection::BODY_BUF);
+            c.buf.ensure_capacity(BODY_BUF);
             let _ = c
                 .stream
                 .set_read_timeout(Some(w.config().client_body_timeout));
@@ -569,7 +581,7 @@ async fn send_request(
 
 /// Answers `Expect: 100-continue` before reading a body that is not here yet.
 async fn maybe_continue(
-    _w: &Worker,
+    _w: &Context,
     c: &mut Client,
     req: &RequestHead,
     state: &mut BodyState,
@@ -587,7 +599,7 @@ async fn maybe_continue(
 /// Reads until a response head parses. The error carries whether any byte
 /// of a response had arrived (which rules out a stale-connection retry).
 async fn read_response_head(
-    w: &Worker,
+    w: &Context,
     conn: &mut BackendConn,
     client: ClientSide,
     out: &mut Vec<u8>,
@@ -629,7 +641,7 @@ async fn read_response_head(
 
 /// Streams the response body to the client after the head in `resp_out`.
 async fn relay_body(
-    w: &Worker,
+    w: &Context,
     c: &mut Client,
     conn: &mut BackendConn,
     head: &ResponseHead,
@@ -774,7 +786,7 @@ async fn relay_body(
 ///
 /// [`Config::read_timeout`]: crate::config::Config::read_timeout
 /// [`Config::client_body_timeout`]: crate::config::Config::client_body_timeout
-async fn tunnel(w: &Worker, c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
+async fn tunnel(w: &Context, c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
     resp_out.extend_from_slice(conn.buf.filled());
     conn.buf.clear();
     if c.stream.write_all(resp_out).await.is_err() {
