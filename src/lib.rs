@@ -27,7 +27,8 @@
 //!   registry of open client connections. Owns the worker's [`context`].
 //! - [`connection`]: one client connection's keep-alive loop and timeouts;
 //!   tells the worker's drain registry when it idles.
-//! - [`proxy`]: forward one request, relay one response, decide retries.
+//! - [`proxy`]: forward one request, relay one response, decide retries;
+//!   one client request's exchange travels as one value.
 //! - [`context`]: what the request path needs from its worker: config and
 //!   snapshot, balancer pick, keep-alive pool, passive reports, connection
 //!   slots, breaker trials, retry budget, counters, metrics, access-log

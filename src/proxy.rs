@@ -3,7 +3,9 @@
 //! [`handle`] picks a backend, takes a pooled connection or opens one, sends
 //! the rewritten head and streams the body, reads the response head
 //! (relaying interim 1xx), and streams the response body back, re-chunking or
-//! de-chunking as the client needs. Bodies are never buffered whole.
+//! de-chunking as the client needs. Bodies are never buffered whole. The
+//! state of one client request (client, request head, output buffers, body
+//! state) travels from try to try as one `Exchange` value.
 //!
 //! Retry policy (never once a response byte reached the client):
 //! - connect failed (refused, timeout): the request never left; retry on
@@ -108,7 +110,7 @@ enum Attempt {
 /// Proxies one request whose head is parsed (`head_out` holds the forwarded
 /// head). Returns whether the client connection may stay open.
 pub async fn handle(
-    w: &Context,
+    cx: &Context,
     c: &mut Client,
     req: &RequestHead,
     head_out: &mut Vec<u8>,
@@ -121,8 +123,19 @@ pub async fn handle(
         _ => None,
     };
     c.buf.consume(req.head_len);
-    w.budget.borrow_mut().on_request();
-    let cfg = w.config();
+    let mut ex = Exchange {
+        client: c,
+        req,
+        head_out,
+        resp_out,
+        body_in_buf,
+        body: BodyState {
+            consumed: false,
+            continue_sent: false,
+        },
+    };
+    cx.budget.borrow_mut().on_request();
+    let cfg = cx.config();
     let mut retries_done = 0u32;
     // Excluded by id, not index: the backend set may change between tries.
     let mut exclude: Option<BackendId> = None;
@@ -134,19 +147,15 @@ pub async fn handle(
     // (no backend left, breakers open, no slot), the client gets this error:
     // a 502 or 503 would hide that a backend timed out or failed.
     let mut retrying: Option<(ProxyError, BackendId)> = None;
-    let mut state = BodyState {
-        consumed: false,
-        continue_sent: false,
-    };
 
     let result = loop {
         // Read the snapshot on every try: the balancer's indices refer to the
         // latest one, and a retry may come after a change of the backend set.
-        let snap = w.snapshot();
+        let snap = cx.snapshot();
         let exclude_idx =
             exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
-        let Some(view) = w
-            .pick(&snap, c.peer.ip(), exclude_idx)
+        let Some(view) = cx
+            .pick(&snap, ex.client.peer.ip(), exclude_idx)
             .and_then(|idx| snap.backends.get(idx))
         else {
             break Err(unplaced(
@@ -158,7 +167,7 @@ pub async fn handle(
         let backend = &view.backend;
         last_backend = Some(backend.id);
         // A half-open breaker lets a bounded number of trials through.
-        let Some(_trial) = w.try_trial(view) else {
+        let Some(_trial) = cx.try_trial(view) else {
             skipped += 1;
             if skipped >= snap.backends.len() {
                 break Err(unplaced(
@@ -170,7 +179,7 @@ pub async fn handle(
             exclude = Some(backend.id);
             continue;
         };
-        let _slot = match w.acquire_slot(backend.id).await {
+        let _slot = match cx.acquire_slot(backend.id).await {
             Ok(p) => p,
             Err(e) => {
                 debug!(backend = %backend.name, "no connection slot: {e:?}");
@@ -185,31 +194,18 @@ pub async fn handle(
             .strategy
             .needs_inflight()
             .then(|| backend.start_request());
-        let _local = w.metrics.inflight(backend.id);
+        let _local = cx.metrics.inflight(backend.id);
         let pooled = if fresh {
             None
         } else {
-            w.pool.borrow_mut().take(backend.id)
+            cx.pool.borrow_mut().take(backend.id)
         };
         let conn = match pooled {
             Some(conn) => Ok(conn),
-            None => connect(w, backend).await,
+            None => connect(cx, backend).await,
         };
         let outcome = match conn {
-            Ok(conn) => {
-                attempt(
-                    w,
-                    c,
-                    req,
-                    head_out,
-                    resp_out,
-                    conn,
-                    view,
-                    body_in_buf,
-                    &mut state,
-                )
-                .await
-            }
+            Ok(conn) => attempt(cx, &mut ex, conn, view).await,
             // The request never left: always safe to send elsewhere.
             Err(e) => Attempt::Fail(e, true),
         };
@@ -221,7 +217,7 @@ pub async fn handle(
         match outcome {
             Attempt::Done(served) => {
                 // A client that went away (499) is not a backend failure.
-                w.metrics
+                cx.metrics
                     .record_attempt(backend.id, served.from_backend || served.status == 499);
                 break Ok(served);
             }
@@ -233,17 +229,17 @@ pub async fn handle(
             }
             Attempt::Fail(e, retry_safe) => {
                 if e.source_side() == ErrorSource::Backend {
-                    w.metrics.record_attempt(backend.id, false);
+                    cx.metrics.record_attempt(backend.id, false);
                 }
                 if e.source_side() == ErrorSource::Backend
                     && let Some(kind) = failure_kind(&e)
                 {
-                    w.report_failure(backend.id, kind);
+                    cx.report_failure(backend.id, kind);
                 }
                 let can_retry = retry_safe
                     && retries_done < cfg.retries
                     && e.source_side() == ErrorSource::Backend
-                    && w.budget.borrow_mut().try_spend(Instant::now());
+                    && cx.budget.borrow_mut().try_spend(Instant::now());
                 if !can_retry {
                     break Err(e);
                 }
@@ -252,10 +248,10 @@ pub async fn handle(
                     retries_done,
                     cfg.retry_backoff,
                     cfg.retry_backoff_max,
-                    &mut w.rng.borrow_mut(),
+                    &mut cx.rng.borrow_mut(),
                 );
                 retries_done += 1;
-                w.metrics.record_retry();
+                cx.metrics.record_retry();
                 if !delay.is_zero() {
                     glommio::timer::sleep(delay).await;
                 }
@@ -272,30 +268,30 @@ pub async fn handle(
             served
         }
         Err(e) => {
-            debug!(peer = %c.peer, "request failed: {e}");
+            debug!(peer = %ex.client.peer, "request failed: {e}");
             let Some(status) = e.status() else {
                 return Served::gone(last_backend);
             };
             // The connection can go on only if the request body is behind us.
-            let body_done = match body_in_buf {
-                Some(n) if !state.consumed => {
-                    c.buf.consume(n);
+            let body_done = match ex.body_in_buf {
+                Some(n) if !ex.body.consumed => {
+                    ex.client.buf.consume(n);
                     true
                 }
                 Some(_) => true,
-                None => state.consumed,
+                None => ex.body.consumed,
             };
             let keep = req.keep_alive
                 && body_done
                 && e.source_side() != ErrorSource::Client
-                && !w.draining();
+                && !cx.draining();
             // A HEAD answer ends at its head, whoever makes it.
             let resp = if req.method == Method::Head {
                 canned::error_response_to_head(status, !keep)
             } else {
                 canned::error_response(status, !keep)
             };
-            if c.stream.write_all(&resp).await.is_err() {
+            if ex.client.stream.write_all(&resp).await.is_err() {
                 return Served::gone(last_backend);
             }
             Served {
@@ -327,6 +323,24 @@ fn unplaced(
     }
 }
 
+/// One client request's exchange: what every try on a backend reads and
+/// updates, passed by `&mut` from try to try.
+struct Exchange<'a> {
+    /// The client connection the request came on.
+    client: &'a mut Client,
+    /// The parsed request head.
+    req: &'a RequestHead,
+    /// The head forwarded to the backend, as the request parser wrote it.
+    head_out: &'a mut Vec<u8>,
+    /// The response head for the client (interim heads pass through it too).
+    resp_out: &'a mut Vec<u8>,
+    /// The body's length while it sits whole in the client buffer after the
+    /// head (replayable on a retry); `None` when it must be streamed.
+    body_in_buf: Option<usize>,
+    /// What has happened to the request body so far.
+    body: BodyState,
+}
+
 /// What has happened to the client's request body so far.
 struct BodyState {
     /// The body has been read from the client (not replayable).
@@ -335,8 +349,8 @@ struct BodyState {
     continue_sent: bool,
 }
 
-async fn connect(w: &Context, backend: &Backend) -> Result<BackendConn, ProxyError> {
-    let cfg = w.config();
+async fn connect(cx: &Context, backend: &Backend) -> Result<BackendConn, ProxyError> {
+    let cfg = cx.config();
     let stream = TcpStream::connect_timeout(backend.addr, cfg.connection_timeout)
         .await
         .map_err(|e| {
@@ -354,28 +368,23 @@ async fn connect(w: &Context, backend: &Backend) -> Result<BackendConn, ProxyErr
 }
 
 /// One try on one backend connection.
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
-    w: &Context,
-    c: &mut Client,
-    req: &RequestHead,
-    head_out: &mut Vec<u8>,
-    resp_out: &mut Vec<u8>,
+    cx: &Context,
+    ex: &mut Exchange<'_>,
     mut conn: BackendConn,
     view: &BackendView,
-    body_in_buf: Option<usize>,
-    state: &mut BodyState,
 ) -> Attempt {
     let backend = &view.backend;
-    let replayable = body_in_buf.is_some() && !state.consumed;
+    let req = ex.req;
+    let replayable = ex.body_in_buf.is_some() && !ex.body.consumed;
     let idempotent = req.method.is_idempotent();
     let may_retry_stale = conn.reused && replayable && idempotent;
     // Safe to send again elsewhere: nothing of a response arrived, the body
     // is still ours, and repeating the method is harmless (or allowed).
-    let retry_safe = replayable && (idempotent || w.config().retry_non_idempotent);
+    let retry_safe = replayable && (idempotent || cx.config().retry_non_idempotent);
 
     // 1. Send the head and the body.
-    if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
+    if let Err(e) = send_request(cx, ex, &mut conn).await {
         if may_retry_stale && looks_stale(&e) {
             return Attempt::Stale(e, retry_safe);
         }
@@ -391,12 +400,12 @@ async fn attempt(
         upgrade: req.upgrade,
     };
     let head = loop {
-        match read_response_head(w, &mut conn, client_side, resp_out).await {
+        match read_response_head(cx, &mut conn, client_side, ex.resp_out).await {
             Ok(h) if h.interim => {
                 conn.buf.consume(h.head_len);
                 if h.status != 100
                     && req.minor_version == 1
-                    && c.stream.write_all(resp_out).await.is_err()
+                    && ex.client.stream.write_all(ex.resp_out).await.is_err()
                 {
                     return Attempt::Done(Served::gone(Some(backend.id)));
                 }
@@ -412,16 +421,16 @@ async fn attempt(
     };
     conn.buf.consume(head.head_len);
     // From here on the request body is no longer needed for a retry.
-    if let Some(n) = body_in_buf
-        && !state.consumed
+    if let Some(n) = ex.body_in_buf
+        && !ex.body.consumed
     {
-        c.buf.consume(n);
-        state.consumed = true;
+        ex.client.buf.consume(n);
+        ex.body.consumed = true;
     }
 
     // 3. Relay the response.
     if head.switching {
-        let bytes = tunnel(w, c, conn, resp_out).await;
+        let bytes = tunnel(cx, ex, conn).await;
         return Attempt::Done(Served {
             keep: false,
             status: 101,
@@ -432,13 +441,13 @@ async fn attempt(
         });
     }
     let mut wrote = true;
-    match relay_body(w, c, &mut conn, &head, resp_out, &mut wrote).await {
+    match relay_body(ex, &mut conn, &head, &mut wrote).await {
         Ok(bytes) => {
             if head.status < 500 {
-                w.report_success(view);
+                cx.report_success(view);
             }
             if head.backend_keep_alive && conn.buf.is_empty() {
-                w.pool.borrow_mut().put(backend.id, conn);
+                cx.pool.borrow_mut().put(backend.id, conn);
             }
             Attempt::Done(Served {
                 keep: head.client_keep_alive,
@@ -458,7 +467,7 @@ async fn attempt(
             if e.source_side() == ErrorSource::Backend
                 && let Some(kind) = failure_kind(&e)
             {
-                w.report_failure(backend.id, kind);
+                cx.report_failure(backend.id, kind);
             }
             // The head is out: the only honest signal left is closing.
             Attempt::Done(Served {
@@ -483,16 +492,16 @@ fn looks_stale(e: &ProxyError) -> bool {
 
 /// Writes the head and streams the request body to the backend.
 async fn send_request(
-    w: &Context,
-    c: &mut Client,
-    req: &RequestHead,
-    head_out: &mut Vec<u8>,
+    cx: &Context,
+    ex: &mut Exchange<'_>,
     conn: &mut BackendConn,
-    body_in_buf: Option<usize>,
-    state: &mut BodyState,
 ) -> Result<(), ProxyError> {
     let be = ProxyError::backend_io;
-    match (req.body, body_in_buf) {
+    let req = ex.req;
+    let c = &mut *ex.client;
+    let head_out = &mut *ex.head_out;
+    let state = &mut ex.body;
+    match (req.body, ex.body_in_buf) {
         (BodyFraming::None, _) => conn.stream.write_all(head_out).await.map_err(be),
         (_, Some(n)) if !state.consumed => {
             let body = &c.buf.filled()[..n];
@@ -509,12 +518,12 @@ async fn send_request(
         }
         (BodyFraming::Length(n), _) => {
             conn.stream.write_all(head_out).await.map_err(be)?;
-            maybe_continue(w, c, req, state).await?;
+            maybe_continue(c, req, state).await?;
             state.consumed = true;
             c.buf.ensure_capacity(BODY_BUF);
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config().client_body_timeout));
+                .set_read_timeout(Some(cx.config().client_body_timeout));
             let mut left = n;
             while left > 0 {
                 if c.buf.is_empty() {
@@ -541,12 +550,12 @@ async fn send_request(
         }
         (BodyFraming::Chunked, _) => {
             conn.stream.write_all(head_out).await.map_err(be)?;
-            maybe_continue(w, c, req, state).await?;
+            maybe_continue(c, req, state).await?;
             state.consumed = true;
             c.buf.ensure_capacity(BODY_BUF);
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config().client_body_timeout));
+                .set_read_timeout(Some(cx.config().client_body_timeout));
             let mut dec = ChunkedDecoder::new(Mode::Rechunk);
             let mut out = Vec::with_capacity(COALESCE);
             loop {
@@ -581,7 +590,6 @@ async fn send_request(
 
 /// Answers `Expect: 100-continue` before reading a body that is not here yet.
 async fn maybe_continue(
-    _w: &Context,
     c: &mut Client,
     req: &RequestHead,
     state: &mut BodyState,
@@ -599,19 +607,19 @@ async fn maybe_continue(
 /// Reads until a response head parses. The error carries whether any byte
 /// of a response had arrived (which rules out a stale-connection retry).
 async fn read_response_head(
-    w: &Context,
+    cx: &Context,
     conn: &mut BackendConn,
     client: ClientSide,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
-    let max = w.config().max_header_bytes;
+    let max = cx.config().max_header_bytes;
     loop {
         if !conn.buf.is_empty() {
             // Decided now, not when the request left: a drain that began
             // while the backend worked must tell the client this connection
             // closes after the response.
             let client = ClientSide {
-                keep_alive: client.keep_alive && !w.draining(),
+                keep_alive: client.keep_alive && !cx.draining(),
                 ..client
             };
             match response::parse(conn.buf.filled(), max, client, out) {
@@ -641,17 +649,16 @@ async fn read_response_head(
 
 /// Streams the response body to the client after the head in `resp_out`.
 async fn relay_body(
-    w: &Context,
-    c: &mut Client,
+    ex: &mut Exchange<'_>,
     conn: &mut BackendConn,
     head: &ResponseHead,
-    resp_out: &mut Vec<u8>,
     wrote: &mut bool,
 ) -> Result<u64, ProxyError> {
     // Every branch but a chunked body failing before its first write sends
     // the head before anything can fail on the backend side.
     *wrote = true;
-    let _ = w;
+    let c = &mut *ex.client;
+    let resp_out = &mut *ex.resp_out;
     let ce = ProxyError::ClientIo;
     match head.body {
         BodyFraming::None => {
@@ -786,7 +793,9 @@ async fn relay_body(
 ///
 /// [`Config::read_timeout`]: crate::config::Config::read_timeout
 /// [`Config::client_body_timeout`]: crate::config::Config::client_body_timeout
-async fn tunnel(w: &Context, c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
+async fn tunnel(cx: &Context, ex: &mut Exchange<'_>, mut conn: BackendConn) -> u64 {
+    let c = &mut *ex.client;
+    let resp_out = &mut *ex.resp_out;
     resp_out.extend_from_slice(conn.buf.filled());
     conn.buf.clear();
     if c.stream.write_all(resp_out).await.is_err() {
@@ -803,7 +812,7 @@ async fn tunnel(w: &Context, c: &mut Client, mut conn: BackendConn, resp_out: &m
     // side; the half-closed phase has its own idle timer below.
     let _ = c.stream.set_read_timeout(None);
     let _ = conn.stream.set_read_timeout(None);
-    let cfg = w.config();
+    let cfg = cx.config();
     let sent = Cell::new(head);
     let active = Cell::new(Instant::now());
     let (mut cr, mut cw) = futures_lite::io::split(&mut c.stream);
