@@ -7,6 +7,8 @@
 //! - [`chunked`]: a strict, streaming chunked-coding decoder that re-emits
 //!   the body in canonical form (or decoded, for HTTP/1.0 clients).
 //! - [`canned`]: the small responses the balancer writes itself.
+//! - [`status`]: the one table of status reason phrases, shared by the
+//!   canned responses, the admin API and the test backend.
 //!
 //! Nothing here does I/O: the functions take bytes and return decisions, so
 //! they are unit-tested, fuzzed and benchmarked on their own.
@@ -15,6 +17,7 @@ pub mod canned;
 pub mod chunked;
 pub mod request;
 pub mod response;
+pub mod status;
 
 /// How a message body is delimited (RFC 9112 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
