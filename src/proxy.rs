@@ -524,29 +524,7 @@ async fn send_request(
             let _ = c
                 .stream
                 .set_read_timeout(Some(cx.config().client_body_timeout));
-            let mut left = n;
-            while left > 0 {
-                if c.buf.is_empty() {
-                    let r = c
-                        .buf
-                        .read_from(&mut c.stream)
-                        .await
-                        .map_err(ProxyError::client_io)?;
-                    if r == 0 {
-                        return Err(ProxyError::ClientIo(
-                            std::io::ErrorKind::UnexpectedEof.into(),
-                        ));
-                    }
-                }
-                let take = (c.buf.len() as u64).min(left) as usize;
-                conn.stream
-                    .write_all(&c.buf.filled()[..take])
-                    .await
-                    .map_err(be)?;
-                c.buf.consume(take);
-                left -= take as u64;
-            }
-            Ok(())
+            copy_length(Flow::Upload, &mut c.stream, &mut c.buf, &mut conn.stream, n).await
         }
         (BodyFraming::Chunked, _) => {
             conn.stream.write_all(head_out).await.map_err(be)?;
@@ -556,33 +534,23 @@ async fn send_request(
             let _ = c
                 .stream
                 .set_read_timeout(Some(cx.config().client_body_timeout));
+            // The response head buffer is free until the response arrives
+            // (its parser clears it): the re-chunked body goes through it.
+            let out = &mut *ex.resp_out;
+            out.clear();
             let mut dec = ChunkedDecoder::new(Mode::Rechunk);
-            let mut out = Vec::with_capacity(COALESCE);
-            loop {
-                out.clear();
-                let used = dec
-                    .decode(c.buf.filled(), &mut out)
-                    .map_err(ProxyError::BadRequest)?;
-                c.buf.consume(used);
-                if !out.is_empty() {
-                    conn.stream.write_all(&out).await.map_err(be)?;
-                }
-                if dec.is_done() {
-                    return Ok(());
-                }
-                let r = c.buf.read_from(&mut c.stream).await.map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::OutOfMemory {
-                        ProxyError::BadRequest("chunk size line too long")
-                    } else {
-                        ProxyError::client_io(e)
-                    }
-                })?;
-                if r == 0 {
-                    return Err(ProxyError::ClientIo(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
-            }
+            let r = copy_chunked(
+                Flow::Upload,
+                &mut dec,
+                &mut c.stream,
+                &mut c.buf,
+                &mut conn.stream,
+                out,
+                &mut 0,
+            )
+            .await;
+            out.clear();
+            r
         }
         (BodyFraming::UntilClose, _) => Err(ProxyError::BadRequest("request without framing")),
     }
@@ -681,23 +649,14 @@ async fn relay_body(
             }
             conn.buf.consume(first);
             left -= first as u64;
-            while left > 0 {
-                let r = conn
-                    .buf
-                    .read_from(&mut conn.stream)
-                    .await
-                    .map_err(ProxyError::backend_io)?;
-                if r == 0 {
-                    return Err(ProxyError::BadResponse("backend closed mid-body"));
-                }
-                let take = (conn.buf.len() as u64).min(left) as usize;
-                c.stream
-                    .write_all(&conn.buf.filled()[..take])
-                    .await
-                    .map_err(ce)?;
-                conn.buf.consume(take);
-                left -= take as u64;
-            }
+            copy_length(
+                Flow::Download,
+                &mut conn.stream,
+                &mut conn.buf,
+                &mut c.stream,
+                left,
+            )
+            .await?;
             Ok(total)
         }
         BodyFraming::Chunked => {
@@ -707,50 +666,22 @@ async fn relay_body(
                 Mode::Rechunk
             };
             let mut dec = ChunkedDecoder::new(mode);
-            let mut out = std::mem::take(resp_out);
             let mut total = 0u64;
-            let r = async {
-                loop {
-                    let used = dec
-                        .decode(conn.buf.filled(), &mut out)
-                        .map_err(ProxyError::BadResponse)?;
-                    conn.buf.consume(used);
-                    // The head goes out with the first decoded bytes, so a body
-                    // that is invalid from its first chunk still gets a 502.
-                    let first_ok = total > 0 || dec.payload > 0 || dec.is_done();
-                    if first_ok
-                        && (dec.is_done()
-                            || !out.is_empty() && conn.buf.is_empty()
-                            || out.len() >= COALESCE)
-                    {
-                        c.stream.write_all(&out).await.map_err(ce)?;
-                        total += out.len() as u64;
-                        out.clear();
-                    }
-                    if dec.is_done() {
-                        return Ok(total);
-                    }
-                    if conn.buf.is_empty() || used == 0 {
-                        let r = conn.buf.read_from(&mut conn.stream).await.map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::OutOfMemory {
-                                ProxyError::BadResponse("chunk size line too long")
-                            } else {
-                                ProxyError::backend_io(e)
-                            }
-                        })?;
-                        if r == 0 {
-                            return Err(ProxyError::BadResponse("backend closed mid-body"));
-                        }
-                    }
-                }
-            }
+            let r = copy_chunked(
+                Flow::Download,
+                &mut dec,
+                &mut conn.stream,
+                &mut conn.buf,
+                &mut c.stream,
+                resp_out,
+                &mut total,
+            )
             .await;
-            out.clear();
-            *resp_out = out;
+            resp_out.clear();
             if r.is_err() && total == 0 {
                 *wrote = false;
             }
-            r
+            r.map(|()| total)
         }
         BodyFraming::UntilClose => {
             resp_out.extend_from_slice(conn.buf.filled());
@@ -769,6 +700,130 @@ async fn relay_body(
                 c.stream.write_all(conn.buf.filled()).await.map_err(ce)?;
                 conn.buf.clear();
             }
+        }
+    }
+}
+
+/// Which way a body flows. Names the failures of each end, and sets the
+/// write policy of [`copy_chunked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// A request body, from the client to the backend.
+    Upload,
+    /// A response body, from the backend to the client.
+    Download,
+}
+
+impl Flow {
+    /// A failed read from the sending end.
+    fn read_error(self, e: std::io::Error) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::client_io(e),
+            Flow::Download => ProxyError::backend_io(e),
+        }
+    }
+
+    /// A failed write to the receiving end.
+    fn write_error(self, e: std::io::Error) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::backend_io(e),
+            Flow::Download => ProxyError::ClientIo(e),
+        }
+    }
+
+    /// The sender closed before the end of the body.
+    fn cut_short(self) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()),
+            Flow::Download => ProxyError::BadResponse("backend closed mid-body"),
+        }
+    }
+
+    /// The sender's body is malformed.
+    fn malformed(self, what: &'static str) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::BadRequest(what),
+            Flow::Download => ProxyError::BadResponse(what),
+        }
+    }
+}
+
+/// Reads once more from the sending end of a body that has not ended.
+async fn fill(flow: Flow, from: &mut TcpStream, buf: &mut IoBuf) -> Result<(), ProxyError> {
+    match buf.read_from(from).await {
+        Ok(0) => Err(flow.cut_short()),
+        Ok(_) => Ok(()),
+        // Only a chunk-size line can fill the buffer without being consumed.
+        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+            Err(flow.malformed("chunk size line too long"))
+        }
+        Err(e) => Err(flow.read_error(e)),
+    }
+}
+
+/// Copies the next `left` body bytes from `from` to `to`, those already in
+/// `buf` first, reading into `buf` as it empties.
+async fn copy_length(
+    flow: Flow,
+    from: &mut TcpStream,
+    buf: &mut IoBuf,
+    to: &mut TcpStream,
+    mut left: u64,
+) -> Result<(), ProxyError> {
+    while left > 0 {
+        if buf.is_empty() {
+            fill(flow, from, buf).await?;
+        }
+        let take = (buf.len() as u64).min(left) as usize;
+        to.write_all(&buf.filled()[..take])
+            .await
+            .map_err(|e| flow.write_error(e))?;
+        buf.consume(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+/// Relays a chunked body from `from` to `to` through `dec` (those bytes
+/// already in `buf` first), writing from `out`, which may start with a head
+/// to send along. Adds the bytes written to `sent`, so a caller knows
+/// whether anything went out when this fails.
+///
+/// An upload forwards each decoded piece at once: the client may wait on
+/// the backend between pieces. A download writes when the buffer is
+/// drained, the body is done or [`COALESCE`] bytes are pending, and holds
+/// its head until the first chunk decoded, so a body invalid from its first
+/// chunk still gets a 502.
+async fn copy_chunked(
+    flow: Flow,
+    dec: &mut ChunkedDecoder,
+    from: &mut TcpStream,
+    buf: &mut IoBuf,
+    to: &mut TcpStream,
+    out: &mut Vec<u8>,
+    sent: &mut u64,
+) -> Result<(), ProxyError> {
+    let eager = flow == Flow::Upload;
+    loop {
+        let used = dec
+            .decode(buf.filled(), out)
+            .map_err(|e| flow.malformed(e))?;
+        buf.consume(used);
+        let first_ok = eager || *sent > 0 || dec.payload > 0 || dec.is_done();
+        if first_ok
+            && (dec.is_done()
+                || !out.is_empty() && (eager || buf.is_empty())
+                || out.len() >= COALESCE)
+        {
+            to.write_all(out).await.map_err(|e| flow.write_error(e))?;
+            *sent += out.len() as u64;
+            out.clear();
+        }
+        if dec.is_done() {
+            return Ok(());
+        }
+        if buf.is_empty() || used == 0 {
+            fill(flow, from, buf).await?;
         }
     }
 }
