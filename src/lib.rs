@@ -43,8 +43,9 @@
 //!   links over glommio shared channels, core-local queues, thread bridges).
 //! - [`liveness`]: heartbeat stamps of every executor.
 //! - [`backend`]: backend identity and the core-local connection pool.
-//! - [`http`]: request and response head parsing and rewriting, chunked
-//!   decoding, canned responses. Pure functions, no I/O.
+//! - [`http`]: request and response head parsing and rewriting (one
+//!   framing-header scan for both), chunked decoding, canned responses, the
+//!   one reason-phrase table. Pure functions, no I/O.
 //! - [`metrics`]: core-local request counters, summed and rendered on scrape.
 //! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.

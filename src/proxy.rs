@@ -333,6 +333,7 @@ struct Exchange<'a> {
     /// The head forwarded to the backend, as the request parser wrote it.
     head_out: &'a mut Vec<u8>,
     /// The response head for the client (interim heads pass through it too).
+    /// Until the response arrives, a chunked upload is re-chunked through it.
     resp_out: &'a mut Vec<u8>,
     /// The body's length while it sits whole in the client buffer after the
     /// head (replayable on a retry); `None` when it must be streamed.
