@@ -35,6 +35,11 @@ use crate::messages::FromWorker;
 use crate::metrics::WorkerMetrics;
 use crate::retry::RetryBudget;
 
+/// The log target of what a worker applies (configs, snapshots): these
+/// lines are the worker's, whichever module applies them, so filters such as
+/// `RUST_LOG=ekilibri::worker=debug` keep showing them.
+const LOG_TARGET: &str = "ekilibri::worker";
+
 /// Per-worker counters (core-local, summed by the admin side later).
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -171,7 +176,7 @@ impl Context {
         }
         *self.budget.borrow_mut() = RetryBudget::new(new.retry_budget);
         *self.config.borrow_mut() = new;
-        info!(worker = self.id, "configuration reloaded");
+        info!(target: LOG_TARGET, worker = self.id, "configuration reloaded");
     }
 
     /// The snapshot to route this request by (a core-local `Rc` clone: no
@@ -203,6 +208,7 @@ impl Context {
         }
         self.balancer.borrow_mut().update(&snap);
         debug!(
+            target: LOG_TARGET,
             worker = self.id,
             version = snap.version,
             up = snap.up_count(),
