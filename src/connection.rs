@@ -14,7 +14,7 @@
 //! it cannot be framed. During a drain, an idle connection is closed and a
 //! busy one closes after its current response.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,40 +24,41 @@ use tracing::debug;
 
 use crate::access_log;
 use crate::buffer::IoBuf;
+use crate::context::Context;
 use crate::error::ProxyError;
 use crate::http::BodyFraming;
 use crate::http::canned;
 use crate::http::request::Method;
 use crate::http::request::{self, RequestHead};
-use crate::proxy::{self, Served};
-use crate::worker::Worker;
+use crate::proxy::{self, BODY_BUF, Client, Served};
 
 /// Initial client read buffer: most request heads fit. It grows for large
 /// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]),
 /// and shrinks back when the connection goes idle, so an idle keep-alive
 /// connection costs little memory.
 pub const CLIENT_BUF: usize = 4 * 1024;
-/// Read size while streaming a long request body.
-pub const BODY_BUF: usize = 64 * 1024;
 
-/// The client side of one connection.
-pub struct Client {
-    /// The socket.
-    pub stream: TcpStream,
-    /// Bytes read from the client and not yet consumed.
-    pub buf: IoBuf,
-    /// The client's address.
-    pub peer: std::net::SocketAddr,
+/// A connection's entry in its worker's drain registry: the worker learns
+/// when the connection waits idle (a drain may then close it), and the entry
+/// is removed when the value is dropped.
+pub trait Registration {
+    /// Marks the connection idle on socket `fd`, or busy again (`None`).
+    fn set_idle(&self, fd: Option<RawFd>);
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
+/// Serves one accepted connection until it closes. `register` enters it in
+/// the worker's drain registry once the connection is usable.
+pub async fn serve<R: Registration>(
+    w: Rc<Context>,
+    stream: TcpStream,
+    register: impl FnOnce() -> R,
+) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(w.config().send_timeout));
-    let guard = w.connection_started();
+    let guard = register();
     let max = w.config().max_header_bytes;
     let mut client = Client {
         stream,
@@ -76,7 +77,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
             &w,
             &mut client,
             &mut head_out,
-            guard.id,
+            &guard,
             first,
             &mut head_began,
         )
@@ -179,7 +180,7 @@ struct Finished {
 
 /// Counts one request in the worker's metrics and, when it is on, the
 /// access log (`captured` holds what the log keeps of the head).
-fn record(w: &Worker, peer: std::net::SocketAddr, captured: &access_log::Captured, f: Finished) {
+fn record(w: &Context, peer: std::net::SocketAddr, captured: &access_log::Captured, f: Finished) {
     let elapsed = f.head_done.elapsed();
     let served = f.served;
     w.metrics.record_request(
@@ -262,10 +263,10 @@ fn body_bytes(served: &Served, resp_out: &[u8], head_request: bool) -> u64 {
 /// `started` is set when the first byte of the head is seen (it stays
 /// `None` when the whole head arrived in one read).
 async fn read_head(
-    w: &Worker,
+    w: &Context,
     c: &mut Client,
     out: &mut Vec<u8>,
-    conn_id: u64,
+    registration: &impl Registration,
     first: bool,
     started: &mut Option<Instant>,
 ) -> Result<Option<RequestHead>, ProxyError> {
@@ -294,7 +295,7 @@ async fn read_head(
             if w.drain_closes_idle() {
                 return Ok(None);
             }
-            w.set_idle(conn_id, Some(c.stream.as_raw_fd()));
+            registration.set_idle(Some(c.stream.as_raw_fd()));
             if first {
                 cfg.client_header_timeout
             } else {
@@ -310,7 +311,7 @@ async fn read_head(
         let _ = c.stream.set_read_timeout(Some(timeout));
         let r = c.buf.read_from(&mut c.stream).await;
         if idle {
-            w.set_idle(conn_id, None);
+            registration.set_idle(None);
         }
         match r {
             Ok(0) => return Ok(None),

@@ -22,10 +22,17 @@
 //!   the control executor only through its [`admin::Api`] trait.
 //! - [`cluster`]: cluster mode: the etcd registry's data model and the etcd
 //!   client thread.
-//! - [`worker`]: a worker's accept loop and core-local state (snapshot,
-//!   balancer, pool, counters, drain).
-//! - [`connection`]: one client connection's keep-alive loop and timeouts.
-//! - [`proxy`]: forward one request, relay one response, decide retries.
+//! - [`worker`]: a worker's accept loop, its control-message loop
+//!   (snapshots, configs, scrapes, heartbeats, shutdown) and the drain
+//!   registry of open client connections. Owns the worker's [`context`].
+//! - [`connection`]: one client connection's keep-alive loop and timeouts;
+//!   tells the worker's drain registry when it idles.
+//! - [`proxy`]: forward one request, relay one response, decide retries;
+//!   one client request's exchange travels as one value.
+//! - [`context`]: what the request path needs from its worker: config and
+//!   snapshot, balancer pick, keep-alive pool, passive reports, connection
+//!   slots, breaker trials, retry budget, counters, metrics, access-log
+//!   buffer. Knows nothing of connections, proxying or the accept loop.
 //! - [`retry`]: the per-worker retry budget and the backoff delay.
 //! - [`balancer`]: one strategy per file behind the [`balancer::Balancer`] trait.
 //! - [`health`]: the health state machine (thresholds, passive failures,
@@ -36,8 +43,9 @@
 //!   links over glommio shared channels, core-local queues, thread bridges).
 //! - [`liveness`]: heartbeat stamps of every executor.
 //! - [`backend`]: backend identity and the core-local connection pool.
-//! - [`http`]: request and response head parsing and rewriting, chunked
-//!   decoding, canned responses. Pure functions, no I/O.
+//! - [`http`]: request and response head parsing and rewriting (one
+//!   framing-header scan for both), chunked decoding, canned responses, the
+//!   one reason-phrase table. Pure functions, no I/O.
 //! - [`metrics`]: core-local request counters, summed and rendered on scrape
 //!   (labelled by backend address, pruned with the backend set), plus
 //!   process and build metrics read on scrape.
@@ -64,6 +72,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod context;
 pub mod control;
 pub mod envcheck;
 pub mod error;

@@ -3,7 +3,9 @@
 //! [`handle`] picks a backend, takes a pooled connection or opens one, sends
 //! the rewritten head and streams the body, reads the response head
 //! (relaying interim 1xx), and streams the response body back, re-chunking or
-//! de-chunking as the client needs. Bodies are never buffered whole.
+//! de-chunking as the client needs. Bodies are never buffered whole. The
+//! state of one client request (client, request head, output buffers, body
+//! state) travels from try to try as one `Exchange` value.
 //!
 //! Retry policy (never once a response byte reached the client):
 //! - connect failed (refused, timeout): the request never left; retry on
@@ -34,7 +36,8 @@ use tracing::debug;
 
 use crate::backend::pool::BackendConn;
 use crate::backend::{Backend, BackendId};
-use crate::connection::Client;
+use crate::buffer::IoBuf;
+use crate::context::Context;
 use crate::error::{ErrorSource, ProxyError};
 use crate::health::BackendView;
 use crate::health::failure_kind;
@@ -43,10 +46,21 @@ use crate::http::request::{Method, RequestHead};
 use crate::http::response::{self, ClientSide, ResponseHead};
 use crate::http::{BodyFraming, canned};
 use crate::retry::backoff;
-use crate::worker::Worker;
 
 /// Bodies up to this size are sent in the same write as their head.
 const COALESCE: usize = 16 * 1024;
+/// Read size while streaming a long request body.
+pub const BODY_BUF: usize = 64 * 1024;
+
+/// The client side of one connection, as proxying sees it.
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the client and not yet consumed.
+    pub buf: IoBuf,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+}
 
 /// What happened to one request, for the keep-alive decision, metrics and
 /// the access log.
@@ -96,7 +110,7 @@ enum Attempt {
 /// Proxies one request whose head is parsed (`head_out` holds the forwarded
 /// head). Returns whether the client connection may stay open.
 pub async fn handle(
-    w: &Worker,
+    cx: &Context,
     c: &mut Client,
     req: &RequestHead,
     head_out: &mut Vec<u8>,
@@ -109,8 +123,19 @@ pub async fn handle(
         _ => None,
     };
     c.buf.consume(req.head_len);
-    w.budget.borrow_mut().on_request();
-    let cfg = w.config();
+    let mut ex = Exchange {
+        client: c,
+        req,
+        head_out,
+        resp_out,
+        body_in_buf,
+        body: BodyState {
+            consumed: false,
+            continue_sent: false,
+        },
+    };
+    cx.budget.borrow_mut().on_request();
+    let cfg = cx.config();
     let mut retries_done = 0u32;
     // Excluded by id, not index: the backend set may change between tries.
     let mut exclude: Option<BackendId> = None;
@@ -122,19 +147,15 @@ pub async fn handle(
     // (no backend left, breakers open, no slot), the client gets this error:
     // a 502 or 503 would hide that a backend timed out or failed.
     let mut retrying: Option<(ProxyError, BackendId)> = None;
-    let mut state = BodyState {
-        consumed: false,
-        continue_sent: false,
-    };
 
     let result = loop {
         // Read the snapshot on every try: the balancer's indices refer to the
         // latest one, and a retry may come after a change of the backend set.
-        let snap = w.snapshot();
+        let snap = cx.snapshot();
         let exclude_idx =
             exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
-        let Some(view) = w
-            .pick(&snap, c.peer.ip(), exclude_idx)
+        let Some(view) = cx
+            .pick(&snap, ex.client.peer.ip(), exclude_idx)
             .and_then(|idx| snap.backends.get(idx))
         else {
             break Err(unplaced(
@@ -146,7 +167,7 @@ pub async fn handle(
         let backend = &view.backend;
         last_backend = Some(backend.id);
         // A half-open breaker lets a bounded number of trials through.
-        let Some(_trial) = w.try_trial(view) else {
+        let Some(_trial) = cx.try_trial(view) else {
             skipped += 1;
             if skipped >= snap.backends.len() {
                 break Err(unplaced(
@@ -158,7 +179,7 @@ pub async fn handle(
             exclude = Some(backend.id);
             continue;
         };
-        let _slot = match w.acquire_slot(backend.id).await {
+        let _slot = match cx.acquire_slot(backend.id).await {
             Ok(p) => p,
             Err(e) => {
                 debug!(backend = %backend.name, "no connection slot: {e:?}");
@@ -173,31 +194,18 @@ pub async fn handle(
             .strategy
             .needs_inflight()
             .then(|| backend.start_request());
-        let _local = w.metrics.inflight(backend.id);
+        let _local = cx.metrics.inflight(backend.id);
         let pooled = if fresh {
             None
         } else {
-            w.pool.borrow_mut().take(backend.id)
+            cx.pool.borrow_mut().take(backend.id)
         };
         let conn = match pooled {
             Some(conn) => Ok(conn),
-            None => connect(w, backend).await,
+            None => connect(cx, backend).await,
         };
         let outcome = match conn {
-            Ok(conn) => {
-                attempt(
-                    w,
-                    c,
-                    req,
-                    head_out,
-                    resp_out,
-                    conn,
-                    view,
-                    body_in_buf,
-                    &mut state,
-                )
-                .await
-            }
+            Ok(conn) => attempt(cx, &mut ex, conn, view).await,
             // The request never left: always safe to send elsewhere.
             Err(e) => Attempt::Fail(e, true),
         };
@@ -209,7 +217,7 @@ pub async fn handle(
         match outcome {
             Attempt::Done(served) => {
                 // A client that went away (499) is not a backend failure.
-                w.metrics
+                cx.metrics
                     .record_attempt(backend.id, served.from_backend || served.status == 499);
                 break Ok(served);
             }
@@ -221,17 +229,17 @@ pub async fn handle(
             }
             Attempt::Fail(e, retry_safe) => {
                 if e.source_side() == ErrorSource::Backend {
-                    w.metrics.record_attempt(backend.id, false);
+                    cx.metrics.record_attempt(backend.id, false);
                 }
                 if e.source_side() == ErrorSource::Backend
                     && let Some(kind) = failure_kind(&e)
                 {
-                    w.report_failure(backend.id, kind);
+                    cx.report_failure(backend.id, kind);
                 }
                 let can_retry = retry_safe
                     && retries_done < cfg.retries
                     && e.source_side() == ErrorSource::Backend
-                    && w.budget.borrow_mut().try_spend(Instant::now());
+                    && cx.budget.borrow_mut().try_spend(Instant::now());
                 if !can_retry {
                     break Err(e);
                 }
@@ -240,10 +248,10 @@ pub async fn handle(
                     retries_done,
                     cfg.retry_backoff,
                     cfg.retry_backoff_max,
-                    &mut w.rng.borrow_mut(),
+                    &mut cx.rng.borrow_mut(),
                 );
                 retries_done += 1;
-                w.metrics.record_retry();
+                cx.metrics.record_retry();
                 if !delay.is_zero() {
                     glommio::timer::sleep(delay).await;
                 }
@@ -260,30 +268,30 @@ pub async fn handle(
             served
         }
         Err(e) => {
-            debug!(peer = %c.peer, "request failed: {e}");
+            debug!(peer = %ex.client.peer, "request failed: {e}");
             let Some(status) = e.status() else {
                 return Served::gone(last_backend);
             };
             // The connection can go on only if the request body is behind us.
-            let body_done = match body_in_buf {
-                Some(n) if !state.consumed => {
-                    c.buf.consume(n);
+            let body_done = match ex.body_in_buf {
+                Some(n) if !ex.body.consumed => {
+                    ex.client.buf.consume(n);
                     true
                 }
                 Some(_) => true,
-                None => state.consumed,
+                None => ex.body.consumed,
             };
             let keep = req.keep_alive
                 && body_done
                 && e.source_side() != ErrorSource::Client
-                && !w.draining();
+                && !cx.draining();
             // A HEAD answer ends at its head, whoever makes it.
             let resp = if req.method == Method::Head {
                 canned::error_response_to_head(status, !keep)
             } else {
                 canned::error_response(status, !keep)
             };
-            if c.stream.write_all(&resp).await.is_err() {
+            if ex.client.stream.write_all(&resp).await.is_err() {
                 return Served::gone(last_backend);
             }
             Served {
@@ -315,6 +323,25 @@ fn unplaced(
     }
 }
 
+/// One client request's exchange: what every try on a backend reads and
+/// updates, passed by `&mut` from try to try.
+struct Exchange<'a> {
+    /// The client connection the request came on.
+    client: &'a mut Client,
+    /// The parsed request head.
+    req: &'a RequestHead,
+    /// The head forwarded to the backend, as the request parser wrote it.
+    head_out: &'a mut Vec<u8>,
+    /// The response head for the client (interim heads pass through it too).
+    /// Until the response arrives, a chunked upload is re-chunked through it.
+    resp_out: &'a mut Vec<u8>,
+    /// The body's length while it sits whole in the client buffer after the
+    /// head (replayable on a retry); `None` when it must be streamed.
+    body_in_buf: Option<usize>,
+    /// What has happened to the request body so far.
+    body: BodyState,
+}
+
 /// What has happened to the client's request body so far.
 struct BodyState {
     /// The body has been read from the client (not replayable).
@@ -323,8 +350,8 @@ struct BodyState {
     continue_sent: bool,
 }
 
-async fn connect(w: &Worker, backend: &Backend) -> Result<BackendConn, ProxyError> {
-    let cfg = w.config();
+async fn connect(cx: &Context, backend: &Backend) -> Result<BackendConn, ProxyError> {
+    let cfg = cx.config();
     let stream = TcpStream::connect_timeout(backend.addr, cfg.connection_timeout)
         .await
         .map_err(|e| {
@@ -342,28 +369,23 @@ async fn connect(w: &Worker, backend: &Backend) -> Result<BackendConn, ProxyErro
 }
 
 /// One try on one backend connection.
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
-    w: &Worker,
-    c: &mut Client,
-    req: &RequestHead,
-    head_out: &mut Vec<u8>,
-    resp_out: &mut Vec<u8>,
+    cx: &Context,
+    ex: &mut Exchange<'_>,
     mut conn: BackendConn,
     view: &BackendView,
-    body_in_buf: Option<usize>,
-    state: &mut BodyState,
 ) -> Attempt {
     let backend = &view.backend;
-    let replayable = body_in_buf.is_some() && !state.consumed;
+    let req = ex.req;
+    let replayable = ex.body_in_buf.is_some() && !ex.body.consumed;
     let idempotent = req.method.is_idempotent();
     let may_retry_stale = conn.reused && replayable && idempotent;
     // Safe to send again elsewhere: nothing of a response arrived, the body
     // is still ours, and repeating the method is harmless (or allowed).
-    let retry_safe = replayable && (idempotent || w.config().retry_non_idempotent);
+    let retry_safe = replayable && (idempotent || cx.config().retry_non_idempotent);
 
     // 1. Send the head and the body.
-    if let Err(e) = send_request(w, c, req, head_out, &mut conn, body_in_buf, state).await {
+    if let Err(e) = send_request(cx, ex, &mut conn).await {
         if may_retry_stale && looks_stale(&e) {
             return Attempt::Stale(e, retry_safe);
         }
@@ -380,12 +402,12 @@ async fn attempt(
         upgrade: req.upgrade,
     };
     let head = loop {
-        match read_response_head(w, &mut conn, client_side, resp_out).await {
+        match read_response_head(cx, &mut conn, client_side, ex.resp_out).await {
             Ok(h) if h.interim => {
                 conn.buf.consume(h.head_len);
                 if h.status != 100
                     && req.minor_version == 1
-                    && c.stream.write_all(resp_out).await.is_err()
+                    && ex.client.stream.write_all(ex.resp_out).await.is_err()
                 {
                     return Attempt::Done(Served::gone(Some(backend.id)));
                 }
@@ -399,20 +421,20 @@ async fn attempt(
             }
         }
     };
-    w.metrics
+    cx.metrics
         .record_backend_response(backend.id, sent.elapsed());
     conn.buf.consume(head.head_len);
     // From here on the request body is no longer needed for a retry.
-    if let Some(n) = body_in_buf
-        && !state.consumed
+    if let Some(n) = ex.body_in_buf
+        && !ex.body.consumed
     {
-        c.buf.consume(n);
-        state.consumed = true;
+        ex.client.buf.consume(n);
+        ex.body.consumed = true;
     }
 
     // 3. Relay the response.
     if head.switching {
-        let bytes = tunnel(w, c, conn, resp_out).await;
+        let bytes = tunnel(cx, ex, conn).await;
         return Attempt::Done(Served {
             keep: false,
             status: 101,
@@ -423,13 +445,13 @@ async fn attempt(
         });
     }
     let mut wrote = true;
-    match relay_body(w, c, &mut conn, &head, resp_out, &mut wrote).await {
+    match relay_body(ex, &mut conn, &head, &mut wrote).await {
         Ok(bytes) => {
             if head.status < 500 {
-                w.report_success(view);
+                cx.report_success(view);
             }
             if head.backend_keep_alive && conn.buf.is_empty() {
-                w.pool.borrow_mut().put(backend.id, conn);
+                cx.pool.borrow_mut().put(backend.id, conn);
             }
             Attempt::Done(Served {
                 keep: head.client_keep_alive,
@@ -449,7 +471,7 @@ async fn attempt(
             if e.source_side() == ErrorSource::Backend
                 && let Some(kind) = failure_kind(&e)
             {
-                w.report_failure(backend.id, kind);
+                cx.report_failure(backend.id, kind);
             }
             // The head is out: the only honest signal left is closing.
             Attempt::Done(Served {
@@ -474,16 +496,16 @@ fn looks_stale(e: &ProxyError) -> bool {
 
 /// Writes the head and streams the request body to the backend.
 async fn send_request(
-    w: &Worker,
-    c: &mut Client,
-    req: &RequestHead,
-    head_out: &mut Vec<u8>,
+    cx: &Context,
+    ex: &mut Exchange<'_>,
     conn: &mut BackendConn,
-    body_in_buf: Option<usize>,
-    state: &mut BodyState,
 ) -> Result<(), ProxyError> {
     let be = ProxyError::backend_io;
-    match (req.body, body_in_buf) {
+    let req = ex.req;
+    let c = &mut *ex.client;
+    let head_out = &mut *ex.head_out;
+    let state = &mut ex.body;
+    match (req.body, ex.body_in_buf) {
         (BodyFraming::None, _) => conn.stream.write_all(head_out).await.map_err(be),
         (_, Some(n)) if !state.consumed => {
             let body = &c.buf.filled()[..n];
@@ -500,71 +522,39 @@ async fn send_request(
         }
         (BodyFraming::Length(n), _) => {
             conn.stream.write_all(head_out).await.map_err(be)?;
-            maybe_continue(w, c, req, state).await?;
+            maybe_continue(c, req, state).await?;
             state.consumed = true;
-            c.buf.ensure_capacity(crate::connection::BODY_BUF);
+            c.buf.ensure_capacity(BODY_BUF);
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config().client_body_timeout));
-            let mut left = n;
-            while left > 0 {
-                if c.buf.is_empty() {
-                    let r = c
-                        .buf
-                        .read_from(&mut c.stream)
-                        .await
-                        .map_err(ProxyError::client_io)?;
-                    if r == 0 {
-                        return Err(ProxyError::ClientIo(
-                            std::io::ErrorKind::UnexpectedEof.into(),
-                        ));
-                    }
-                }
-                let take = (c.buf.len() as u64).min(left) as usize;
-                conn.stream
-                    .write_all(&c.buf.filled()[..take])
-                    .await
-                    .map_err(be)?;
-                c.buf.consume(take);
-                left -= take as u64;
-            }
-            Ok(())
+                .set_read_timeout(Some(cx.config().client_body_timeout));
+            copy_length(Flow::Upload, &mut c.stream, &mut c.buf, &mut conn.stream, n).await
         }
         (BodyFraming::Chunked, _) => {
             conn.stream.write_all(head_out).await.map_err(be)?;
-            maybe_continue(w, c, req, state).await?;
+            maybe_continue(c, req, state).await?;
             state.consumed = true;
-            c.buf.ensure_capacity(crate::connection::BODY_BUF);
+            c.buf.ensure_capacity(BODY_BUF);
             let _ = c
                 .stream
-                .set_read_timeout(Some(w.config().client_body_timeout));
+                .set_read_timeout(Some(cx.config().client_body_timeout));
+            // The response head buffer is free until the response arrives
+            // (its parser clears it): the re-chunked body goes through it.
+            let out = &mut *ex.resp_out;
+            out.clear();
             let mut dec = ChunkedDecoder::new(Mode::Rechunk);
-            let mut out = Vec::with_capacity(COALESCE);
-            loop {
-                out.clear();
-                let used = dec
-                    .decode(c.buf.filled(), &mut out)
-                    .map_err(ProxyError::BadRequest)?;
-                c.buf.consume(used);
-                if !out.is_empty() {
-                    conn.stream.write_all(&out).await.map_err(be)?;
-                }
-                if dec.is_done() {
-                    return Ok(());
-                }
-                let r = c.buf.read_from(&mut c.stream).await.map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::OutOfMemory {
-                        ProxyError::BadRequest("chunk size line too long")
-                    } else {
-                        ProxyError::client_io(e)
-                    }
-                })?;
-                if r == 0 {
-                    return Err(ProxyError::ClientIo(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
-            }
+            let r = copy_chunked(
+                Flow::Upload,
+                &mut dec,
+                &mut c.stream,
+                &mut c.buf,
+                &mut conn.stream,
+                out,
+                &mut 0,
+            )
+            .await;
+            out.clear();
+            r
         }
         (BodyFraming::UntilClose, _) => Err(ProxyError::BadRequest("request without framing")),
     }
@@ -572,7 +562,6 @@ async fn send_request(
 
 /// Answers `Expect: 100-continue` before reading a body that is not here yet.
 async fn maybe_continue(
-    _w: &Worker,
     c: &mut Client,
     req: &RequestHead,
     state: &mut BodyState,
@@ -590,19 +579,19 @@ async fn maybe_continue(
 /// Reads until a response head parses. The error carries whether any byte
 /// of a response had arrived (which rules out a stale-connection retry).
 async fn read_response_head(
-    w: &Worker,
+    cx: &Context,
     conn: &mut BackendConn,
     client: ClientSide,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
-    let max = w.config().max_header_bytes;
+    let max = cx.config().max_header_bytes;
     loop {
         if !conn.buf.is_empty() {
             // Decided now, not when the request left: a drain that began
             // while the backend worked must tell the client this connection
             // closes after the response.
             let client = ClientSide {
-                keep_alive: client.keep_alive && !w.draining(),
+                keep_alive: client.keep_alive && !cx.draining(),
                 ..client
             };
             match response::parse(conn.buf.filled(), max, client, out) {
@@ -632,17 +621,16 @@ async fn read_response_head(
 
 /// Streams the response body to the client after the head in `resp_out`.
 async fn relay_body(
-    w: &Worker,
-    c: &mut Client,
+    ex: &mut Exchange<'_>,
     conn: &mut BackendConn,
     head: &ResponseHead,
-    resp_out: &mut Vec<u8>,
     wrote: &mut bool,
 ) -> Result<u64, ProxyError> {
     // Every branch but a chunked body failing before its first write sends
     // the head before anything can fail on the backend side.
     *wrote = true;
-    let _ = w;
+    let c = &mut *ex.client;
+    let resp_out = &mut *ex.resp_out;
     let ce = ProxyError::ClientIo;
     match head.body {
         BodyFraming::None => {
@@ -665,23 +653,14 @@ async fn relay_body(
             }
             conn.buf.consume(first);
             left -= first as u64;
-            while left > 0 {
-                let r = conn
-                    .buf
-                    .read_from(&mut conn.stream)
-                    .await
-                    .map_err(ProxyError::backend_io)?;
-                if r == 0 {
-                    return Err(ProxyError::BadResponse("backend closed mid-body"));
-                }
-                let take = (conn.buf.len() as u64).min(left) as usize;
-                c.stream
-                    .write_all(&conn.buf.filled()[..take])
-                    .await
-                    .map_err(ce)?;
-                conn.buf.consume(take);
-                left -= take as u64;
-            }
+            copy_length(
+                Flow::Download,
+                &mut conn.stream,
+                &mut conn.buf,
+                &mut c.stream,
+                left,
+            )
+            .await?;
             Ok(total)
         }
         BodyFraming::Chunked => {
@@ -691,50 +670,22 @@ async fn relay_body(
                 Mode::Rechunk
             };
             let mut dec = ChunkedDecoder::new(mode);
-            let mut out = std::mem::take(resp_out);
             let mut total = 0u64;
-            let r = async {
-                loop {
-                    let used = dec
-                        .decode(conn.buf.filled(), &mut out)
-                        .map_err(ProxyError::BadResponse)?;
-                    conn.buf.consume(used);
-                    // The head goes out with the first decoded bytes, so a body
-                    // that is invalid from its first chunk still gets a 502.
-                    let first_ok = total > 0 || dec.payload > 0 || dec.is_done();
-                    if first_ok
-                        && (dec.is_done()
-                            || !out.is_empty() && conn.buf.is_empty()
-                            || out.len() >= COALESCE)
-                    {
-                        c.stream.write_all(&out).await.map_err(ce)?;
-                        total += out.len() as u64;
-                        out.clear();
-                    }
-                    if dec.is_done() {
-                        return Ok(total);
-                    }
-                    if conn.buf.is_empty() || used == 0 {
-                        let r = conn.buf.read_from(&mut conn.stream).await.map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::OutOfMemory {
-                                ProxyError::BadResponse("chunk size line too long")
-                            } else {
-                                ProxyError::backend_io(e)
-                            }
-                        })?;
-                        if r == 0 {
-                            return Err(ProxyError::BadResponse("backend closed mid-body"));
-                        }
-                    }
-                }
-            }
+            let r = copy_chunked(
+                Flow::Download,
+                &mut dec,
+                &mut conn.stream,
+                &mut conn.buf,
+                &mut c.stream,
+                resp_out,
+                &mut total,
+            )
             .await;
-            out.clear();
-            *resp_out = out;
+            resp_out.clear();
             if r.is_err() && total == 0 {
                 *wrote = false;
             }
-            r
+            r.map(|()| total)
         }
         BodyFraming::UntilClose => {
             resp_out.extend_from_slice(conn.buf.filled());
@@ -753,6 +704,130 @@ async fn relay_body(
                 c.stream.write_all(conn.buf.filled()).await.map_err(ce)?;
                 conn.buf.clear();
             }
+        }
+    }
+}
+
+/// Which way a body flows. Names the failures of each end, and sets the
+/// write policy of [`copy_chunked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// A request body, from the client to the backend.
+    Upload,
+    /// A response body, from the backend to the client.
+    Download,
+}
+
+impl Flow {
+    /// A failed read from the sending end.
+    fn read_error(self, e: std::io::Error) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::client_io(e),
+            Flow::Download => ProxyError::backend_io(e),
+        }
+    }
+
+    /// A failed write to the receiving end.
+    fn write_error(self, e: std::io::Error) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::backend_io(e),
+            Flow::Download => ProxyError::ClientIo(e),
+        }
+    }
+
+    /// The sender closed before the end of the body.
+    fn cut_short(self) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()),
+            Flow::Download => ProxyError::BadResponse("backend closed mid-body"),
+        }
+    }
+
+    /// The sender's body is malformed.
+    fn malformed(self, what: &'static str) -> ProxyError {
+        match self {
+            Flow::Upload => ProxyError::BadRequest(what),
+            Flow::Download => ProxyError::BadResponse(what),
+        }
+    }
+}
+
+/// Reads once more from the sending end of a body that has not ended.
+async fn fill(flow: Flow, from: &mut TcpStream, buf: &mut IoBuf) -> Result<(), ProxyError> {
+    match buf.read_from(from).await {
+        Ok(0) => Err(flow.cut_short()),
+        Ok(_) => Ok(()),
+        // Only a chunk-size line can fill the buffer without being consumed.
+        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+            Err(flow.malformed("chunk size line too long"))
+        }
+        Err(e) => Err(flow.read_error(e)),
+    }
+}
+
+/// Copies the next `left` body bytes from `from` to `to`, those already in
+/// `buf` first, reading into `buf` as it empties.
+async fn copy_length(
+    flow: Flow,
+    from: &mut TcpStream,
+    buf: &mut IoBuf,
+    to: &mut TcpStream,
+    mut left: u64,
+) -> Result<(), ProxyError> {
+    while left > 0 {
+        if buf.is_empty() {
+            fill(flow, from, buf).await?;
+        }
+        let take = (buf.len() as u64).min(left) as usize;
+        to.write_all(&buf.filled()[..take])
+            .await
+            .map_err(|e| flow.write_error(e))?;
+        buf.consume(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+/// Relays a chunked body from `from` to `to` through `dec` (those bytes
+/// already in `buf` first), writing from `out`, which may start with a head
+/// to send along. Adds the bytes written to `sent`, so a caller knows
+/// whether anything went out when this fails.
+///
+/// An upload forwards each decoded piece at once: the client may wait on
+/// the backend between pieces. A download writes when the buffer is
+/// drained, the body is done or [`COALESCE`] bytes are pending, and holds
+/// its head until the first chunk decoded, so a body invalid from its first
+/// chunk still gets a 502.
+async fn copy_chunked(
+    flow: Flow,
+    dec: &mut ChunkedDecoder,
+    from: &mut TcpStream,
+    buf: &mut IoBuf,
+    to: &mut TcpStream,
+    out: &mut Vec<u8>,
+    sent: &mut u64,
+) -> Result<(), ProxyError> {
+    let eager = flow == Flow::Upload;
+    loop {
+        let used = dec
+            .decode(buf.filled(), out)
+            .map_err(|e| flow.malformed(e))?;
+        buf.consume(used);
+        let first_ok = eager || *sent > 0 || dec.payload > 0 || dec.is_done();
+        if first_ok
+            && (dec.is_done()
+                || !out.is_empty() && (eager || buf.is_empty())
+                || out.len() >= COALESCE)
+        {
+            to.write_all(out).await.map_err(|e| flow.write_error(e))?;
+            *sent += out.len() as u64;
+            out.clear();
+        }
+        if dec.is_done() {
+            return Ok(());
+        }
+        if buf.is_empty() || used == 0 {
+            fill(flow, from, buf).await?;
         }
     }
 }
@@ -777,7 +852,9 @@ async fn relay_body(
 ///
 /// [`Config::read_timeout`]: crate::config::Config::read_timeout
 /// [`Config::client_body_timeout`]: crate::config::Config::client_body_timeout
-async fn tunnel(w: &Worker, c: &mut Client, mut conn: BackendConn, resp_out: &mut Vec<u8>) -> u64 {
+async fn tunnel(cx: &Context, ex: &mut Exchange<'_>, mut conn: BackendConn) -> u64 {
+    let c = &mut *ex.client;
+    let resp_out = &mut *ex.resp_out;
     resp_out.extend_from_slice(conn.buf.filled());
     conn.buf.clear();
     if c.stream.write_all(resp_out).await.is_err() {
@@ -794,7 +871,7 @@ async fn tunnel(w: &Worker, c: &mut Client, mut conn: BackendConn, resp_out: &mu
     // side; the half-closed phase has its own idle timer below.
     let _ = c.stream.set_read_timeout(None);
     let _ = conn.stream.set_read_timeout(None);
-    let cfg = w.config();
+    let cfg = cx.config();
     let sent = Cell::new(head);
     let active = Cell::new(Instant::now());
     let (mut cr, mut cw) = futures_lite::io::split(&mut c.stream);

@@ -100,23 +100,9 @@ impl Reply {
     }
 }
 
+/// The reason phrase of an admin reply's status line.
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
+    crate::http::status::reason(status).unwrap_or("Error")
 }
 
 /// Counts an open admin connection; uncounts it on drop.

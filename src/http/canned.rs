@@ -8,22 +8,10 @@
 /// The interim response sent when a client asked `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Reason phrase for the statuses the balancer produces.
+/// Reason phrase for the statuses the balancer produces: the shared table,
+/// and "Error" for a status it does not name.
 pub fn reason(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    }
+    super::status::reason(status).unwrap_or("Error")
 }
 
 /// The error response for a request whose method is HEAD: the head of

@@ -4,17 +4,23 @@
 //!   checks httparse leaves to us (framing, smuggling, bare LF), and build the
 //!   head forwarded to the backend from slices of the read buffer.
 //! - [`response`]: the same for a backend's response head.
+//! - `framing`: the one scan of `Content-Length`, `Transfer-Encoding` and
+//!   `Connection` fields that both head parsers use.
 //! - [`chunked`]: a strict, streaming chunked-coding decoder that re-emits
 //!   the body in canonical form (or decoded, for HTTP/1.0 clients).
 //! - [`canned`]: the small responses the balancer writes itself.
+//! - [`status`]: the one table of status reason phrases, shared by the
+//!   canned responses, the admin API and the test backend.
 //!
 //! Nothing here does I/O: the functions take bytes and return decisions, so
 //! they are unit-tested, fuzzed and benchmarked on their own.
 
 pub mod canned;
 pub mod chunked;
+mod framing;
 pub mod request;
 pub mod response;
+pub mod status;
 
 /// How a message body is delimited (RFC 9112 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,28 +73,6 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
-}
-
-/// Parses a Content-Length value strictly: one or more digits, no sign, no
-/// overflow; a list of identical values ("5, 5") is accepted as one.
-pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
-    let mut result: Option<u64> = None;
-    let mut any = false;
-    for elem in value.split(|&b| b == b',').map(trim_ows) {
-        any = true;
-        if elem.is_empty() || elem.len() > 19 || !elem.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let mut n: u64 = 0;
-        for &d in elem {
-            n = n * 10 + u64::from(d - b'0');
-        }
-        match result {
-            Some(prev) if prev != n => return None,
-            _ => result = Some(n),
-        }
-    }
-    if any { result } else { None }
 }
 
 /// Byte offset of `inner` inside `outer`, both slices of the same buffer.
@@ -192,20 +176,6 @@ pub(crate) mod test_rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_length_is_strict() {
-        assert_eq!(parse_content_length(b"0"), Some(0));
-        assert_eq!(parse_content_length(b" 42 "), Some(42));
-        assert_eq!(parse_content_length(b"5, 5"), Some(5));
-        assert_eq!(parse_content_length(b"5, 6"), None);
-        assert_eq!(parse_content_length(b"+5"), None);
-        assert_eq!(parse_content_length(b"-1"), None);
-        assert_eq!(parse_content_length(b""), None);
-        assert_eq!(parse_content_length(b"5,"), None);
-        assert_eq!(parse_content_length(b"99999999999999999999"), None);
-        assert_eq!(parse_content_length(b"0x10"), None);
-    }
 
     #[test]
     fn bare_lf_is_found() {

@@ -16,9 +16,10 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use super::framing::FramingHeaders;
 use super::{
     BodyFraming, copy_kept_lines, has_bare_lf, is_hop_by_hop, line_end, list_elements, offset_in,
-    parse_content_length, push_decimal,
+    push_decimal,
 };
 use crate::error::ProxyError;
 
@@ -163,21 +164,12 @@ pub fn parse(
     let headers = &*req.headers;
 
     // Pass 1: learn framing and connection options.
-    let mut content_length: Option<u64> = None;
-    let mut saw_cl = false;
-    let mut te_seen = false;
-    let mut te_last_chunked = false;
-    let mut te_chunked_count = 0u32;
-    let mut te_other = false;
+    let mut framing = FramingHeaders::default();
     let mut host_count = 0u32;
     let mut host_value: &[u8] = &[];
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
-    let mut conn_upgrade = false;
     let mut upgrade_other = false;
     let mut upgrade_h2c = false;
     let mut expect_continue = false;
-    let mut conn_tokens: Vec<&[u8]> = Vec::new();
     let mut xff_count = 0u32;
     for h in headers {
         let name = h.name.as_bytes();
@@ -201,75 +193,45 @@ pub fn parse(
                     }
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                for tok in list_elements(value) {
-                    if tok.eq_ignore_ascii_case(b"close") {
-                        conn_close = true;
-                    } else if tok.eq_ignore_ascii_case(b"keep-alive") {
-                        conn_keep_alive = true;
-                    } else if tok.eq_ignore_ascii_case(b"upgrade") {
-                        conn_upgrade = true;
-                    } else if !tok.eq_ignore_ascii_case(b"host") {
-                        // A forwarded HTTP/1.1 request must keep its Host,
-                        // whatever the client's Connection header names.
-                        conn_tokens.push(tok);
-                    }
-                }
-            }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let n = parse_content_length(value)
-                    .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
-                if saw_cl && content_length != Some(n) {
-                    return Err(ProxyError::BadRequest("conflicting Content-Length"));
-                }
-                saw_cl = true;
-                content_length = Some(n);
-            }
             15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => xff_count += 1,
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                te_seen = true;
-                let mut any = false;
-                for coding in list_elements(value) {
-                    any = true;
-                    if coding.eq_ignore_ascii_case(b"chunked") {
-                        te_chunked_count += 1;
-                        te_last_chunked = true;
-                    } else {
-                        te_last_chunked = false;
-                        te_other = true;
-                    }
-                }
-                if !any {
+            _ => {
+                framing.observe(name, value, ProxyError::BadRequest)?;
+                if framing.te_empty {
                     return Err(ProxyError::BadRequest("empty Transfer-Encoding"));
                 }
             }
-            _ => {}
         }
     }
+    // A forwarded HTTP/1.1 request must keep its Host, whatever the
+    // client's Connection header names.
+    framing
+        .conn_tokens
+        .retain(|t| !t.eq_ignore_ascii_case(b"host"));
+    let conn_tokens = &framing.conn_tokens;
 
-    let body = if te_seen {
+    let body = if framing.te_seen {
         if minor == 0 {
             return Err(ProxyError::BadRequest(
                 "Transfer-Encoding in an HTTP/1.0 request",
             ));
         }
-        if saw_cl {
+        if framing.content_length.is_some() {
             return Err(ProxyError::BadRequest(
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        if !te_last_chunked || te_chunked_count != 1 {
+        if !framing.chunked_is_final() {
             return Err(ProxyError::BadRequest(
                 "chunked is not the final transfer coding",
             ));
         }
-        if te_other {
+        if framing.te_other {
             return Err(ProxyError::NotImplemented(
                 "transfer coding other than chunked",
             ));
         }
         BodyFraming::Chunked
-    } else if let Some(n) = content_length {
+    } else if let Some(n) = framing.content_length {
         BodyFraming::Length(n)
     } else {
         BodyFraming::None
@@ -283,14 +245,10 @@ pub fn parse(
         return Err(ProxyError::BadRequest("invalid Host"));
     }
     let absolute = absolute_form(path.as_bytes())?;
-    let keep_alive = if minor == 1 {
-        !conn_close
-    } else {
-        conn_keep_alive && !conn_close
-    };
+    let keep_alive = framing.persistent(minor);
     // h2c is never offered to a backend (the h2c smuggling route): with no
     // other protocol left, the request is a plain one.
-    let upgrade = minor == 1 && conn_upgrade && upgrade_other && body == BodyFraming::None;
+    let upgrade = minor == 1 && framing.conn_upgrade && upgrade_other && body == BodyFraming::None;
 
     // Pass 2: write the forwarded head from runs of the original lines.
     out.clear();

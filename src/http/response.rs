@@ -13,11 +13,9 @@
 
 use std::mem::MaybeUninit;
 
+use super::framing::FramingHeaders;
 use super::request::MAX_HEADERS;
-use super::{
-    BodyFraming, copy_kept_lines, has_bare_lf, is_hop_by_hop, line_end, list_elements,
-    parse_content_length, push_decimal,
-};
+use super::{BodyFraming, copy_kept_lines, has_bare_lf, is_hop_by_hop, line_end, push_decimal};
 use crate::error::ProxyError;
 
 /// What the client side asked for; it shapes the rewritten head.
@@ -94,53 +92,17 @@ pub fn parse(
     }
     let headers = &*resp.headers;
 
-    let mut content_length: Option<u64> = None;
-    let mut saw_cl = false;
-    let mut te_seen = false;
-    let mut te_last_chunked = false;
-    let mut te_chunked_count = 0u32;
-    let mut te_other = false;
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
-    let mut conn_tokens: Vec<&[u8]> = Vec::new();
+    let mut framing = FramingHeaders::default();
     for h in headers {
-        let name = h.name.as_bytes();
-        match name.len() {
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                for tok in list_elements(h.value) {
-                    if tok.eq_ignore_ascii_case(b"close") {
-                        conn_close = true;
-                    } else if tok.eq_ignore_ascii_case(b"keep-alive") {
-                        conn_keep_alive = true;
-                    } else if !tok.eq_ignore_ascii_case(b"upgrade") {
-                        conn_tokens.push(tok);
-                    }
-                }
-            }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let n = parse_content_length(h.value)
-                    .ok_or(ProxyError::BadResponse("invalid Content-Length"))?;
-                if saw_cl && content_length != Some(n) {
-                    return Err(ProxyError::BadResponse("conflicting Content-Length"));
-                }
-                saw_cl = true;
-                content_length = Some(n);
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                te_seen = true;
-                for coding in list_elements(h.value) {
-                    te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
-                    if te_last_chunked {
-                        te_chunked_count += 1;
-                    } else {
-                        te_other = true;
-                    }
-                }
-            }
-            _ => {}
-        }
+        framing.observe(h.name.as_bytes(), h.value, ProxyError::BadResponse)?;
     }
-    if te_seen && saw_cl {
+    let FramingHeaders {
+        content_length,
+        te_seen,
+        ref conn_tokens,
+        ..
+    } = framing;
+    if te_seen && content_length.is_some() {
         return Err(ProxyError::BadResponse(
             "both Content-Length and Transfer-Encoding",
         ));
@@ -161,7 +123,7 @@ pub fn parse(
     } else if te_seen {
         // `gzip, chunked` relayed as `chunked` would hand the client gzip
         // bytes as the payload; we do not decode, so we refuse.
-        if !te_last_chunked || te_chunked_count != 1 || te_other {
+        if !framing.chunked_is_final() || framing.te_other {
             return Err(ProxyError::BadResponse(
                 "unsupported response transfer coding",
             ));
@@ -179,11 +141,7 @@ pub fn parse(
         && !switching
         && body != BodyFraming::UntilClose
         && !faulty_framing
-        && if minor == 1 {
-            !conn_close
-        } else {
-            conn_keep_alive && !conn_close
-        };
+        && framing.persistent(minor);
     let dechunk = body == BodyFraming::Chunked && client.minor_version == 0;
     let client_keep_alive =
         client.keep_alive && !switching && body != BodyFraming::UntilClose && !dechunk;
