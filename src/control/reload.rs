@@ -284,13 +284,14 @@ mod tests {
         );
         assert!(restart_only_changes(&old, &live).is_empty());
         let fixed = parse(
-            "listen_backlog = 16\npin_workers = false\nring_depth = 256\nspin_before_park = 5\nlisten = '127.0.0.1:1'",
+            "listen_backlog = 16\npin_workers = false\nring_depth = 256\nring_setup_flags = []\nspin_before_park = 5\nlisten = '127.0.0.1:9'",
         );
         let changes = restart_only_changes(&old, &fixed).join("; ");
         for key in [
             "`listen_backlog`",
             "`pin_workers`",
             "`ring_depth`",
+            "`ring_setup_flags`",
             "`spin_before_park`",
             "`listen`",
         ] {
