@@ -1,27 +1,46 @@
-//! Smooth weighted round robin (the interleaving nginx uses), precomputed.
+//! Smooth weighted round robin: the interleaving nginx uses, computed online.
 //!
-//! On update the schedule for the up backends is computed once with the
-//! smooth algorithm (add each weight to its current value, take the largest,
-//! subtract the total), so a pick is an array read: O(1) whatever the number
-//! of backends. Weights are divided by their gcd first, so the schedule has
-//! sum(weights / gcd) entries; when that exceeds [`MAX_SCHEDULE`], picks run
-//! the smooth algorithm live instead (O(n) per pick, like nginx).
+//! Every up backend has its weight `w` and a current value `c`, 0 after an
+//! update. A pick adds each `w` to its `c`, takes the backend with the
+//! largest `c` (the first in configuration order on a tie) and subtracts the
+//! total weight from it: weights 1:2 give a b b a b b, 5:1:1 give
+//! a a b a c a a.
+//!
+//! Cost, whatever the weights: weights are divided by their gcd (which does
+//! not change the sequence); when one period of the sequence costs at most
+//! [`PRECOMPUTE_STEPS`] (period length × up backends) it is computed on
+//! update and a pick is an array read. Otherwise picks run the algorithm
+//! live over compact arrays: O(n) per pick, two tight passes. So an update
+//! is O(n) plus at most [`PRECOMPUTE_STEPS`] steps (~0.1 ms in a release
+//! build), and both forms give the same sequence.
+//!
+//! An update restarts the sequence (every `c` back to 0), as nginx does when
+//! its peer list is rebuilt.
 
 use std::net::IpAddr;
 
 use super::Balancer;
 use crate::health::Snapshot;
 
-/// Longest precomputed schedule.
-pub const MAX_SCHEDULE: usize = 1 << 16;
+/// Most scan steps (period length × up backends) spent precomputing one
+/// period on update. Above it, picks run the algorithm live instead.
+pub const PRECOMPUTE_STEPS: usize = 1 << 16;
 
 /// Weighted rotation, evenly interleaved (1:2 gives a b b a b b, never a a b b).
 #[derive(Debug, Default)]
 pub struct WeightedRoundRobin {
-    schedule: Vec<usize>,
+    /// One period of the sequence (snapshot indices), when it was cheap
+    /// enough to precompute; empty in live mode.
+    schedule: Vec<u32>,
+    /// Position in `schedule`.
     next: usize,
-    /// Live mode (schedule too long to precompute): (index, weight, current).
-    live: Vec<(usize, i64, i64)>,
+    /// Live mode, one slot per up backend (structure of arrays so the scan
+    /// is two tight loops): snapshot index, weight, current value.
+    index: Vec<u32>,
+    weight: Vec<i64>,
+    current: Vec<i64>,
+    /// Sum of `weight`.
+    total: i64,
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -29,76 +48,94 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 impl WeightedRoundRobin {
-    fn live_pick(&mut self) -> Option<usize> {
-        let total: i64 = self.live.iter().map(|e| e.1).sum();
-        let mut best: Option<usize> = None;
-        for k in 0..self.live.len() {
-            self.live[k].2 += self.live[k].1;
-            if best.is_none_or(|b| self.live[k].2 > self.live[b].2) {
-                best = Some(k);
-            }
+    /// True when picks run live (the period was too long to precompute).
+    fn is_live(&self) -> bool {
+        self.schedule.is_empty()
+    }
+
+    /// One step of the smooth algorithm over the live arrays: the slot that
+    /// wins (`skip` never does while another slot exists).
+    fn step(&mut self, skip: Option<usize>) -> Option<usize> {
+        if self.current.is_empty() {
+            return None;
         }
-        let b = best?;
-        self.live[b].2 -= total;
-        Some(self.live[b].0)
+        let best = match skip {
+            None => {
+                let mut max = i64::MIN;
+                for (c, w) in self.current.iter_mut().zip(&self.weight) {
+                    *c += *w;
+                    max = max.max(*c);
+                }
+                // The first slot holding the maximum: nginx's tie-break.
+                self.current.iter().position(|&c| c == max)?
+            }
+            Some(skip) => {
+                let mut best: Option<usize> = None;
+                for k in 0..self.current.len() {
+                    self.current[k] += self.weight[k];
+                    if k != skip && best.is_none_or(|b| self.current[k] > self.current[b]) {
+                        best = Some(k);
+                    }
+                }
+                best.unwrap_or(skip)
+            }
+        };
+        self.current[best] -= self.total;
+        Some(best)
     }
 }
 
 impl Balancer for WeightedRoundRobin {
     fn update(&mut self, snapshot: &Snapshot) {
-        let up: Vec<(usize, i64)> = snapshot
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.routable())
-            .map(|(i, b)| (i, i64::from(b.backend.weight.max(1))))
-            .collect();
-        let g = up.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
-        let up: Vec<(usize, i64)> = up.into_iter().map(|(i, w)| (i, w / g)).collect();
-        let total: i64 = up.iter().map(|(_, w)| w).sum();
-        self.live.clear();
         self.schedule.clear();
         self.next = 0;
-        if total as usize > MAX_SCHEDULE {
-            self.live = up.iter().map(|&(i, w)| (i, w, 0)).collect();
+        self.index.clear();
+        self.weight.clear();
+        self.current.clear();
+        for (i, b) in snapshot.backends.iter().enumerate() {
+            if b.routable() {
+                // Indices fit: a snapshot never holds 2^32 backends.
+                self.index.push(i as u32);
+                self.weight.push(i64::from(b.backend.weight.max(1)));
+            }
+        }
+        let g = self.weight.iter().fold(0, |g, &w| gcd(g, w)).max(1);
+        for w in &mut self.weight {
+            *w /= g;
+        }
+        self.total = self.weight.iter().sum();
+        self.current.resize(self.weight.len(), 0);
+        let n = self.weight.len();
+        let period = usize::try_from(self.total).unwrap_or(usize::MAX);
+        if n == 0 || period.saturating_mul(n) > PRECOMPUTE_STEPS {
             return;
         }
-        let mut current = vec![0i64; up.len()];
-        self.schedule.reserve(total as usize);
-        for _ in 0..total {
-            let mut best = 0;
-            for (k, (_, w)) in up.iter().enumerate() {
-                current[k] += w;
-                if current[k] > current[best] {
-                    best = k;
-                }
+        self.schedule.reserve(period);
+        for _ in 0..period {
+            // `step` finds a slot: there is at least one.
+            if let Some(k) = self.step(None) {
+                self.schedule.push(self.index[k]);
             }
-            current[best] -= total;
-            self.schedule.push(up[best].0);
         }
-        self.next = 0;
+        // A whole period brings every current value back to 0.
+        debug_assert!(self.current.iter().all(|&c| c == 0));
     }
 
     fn pick(&mut self, _: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {
-        if !self.live.is_empty() {
-            let first = self.live_pick()?;
-            if Some(first) == exclude && self.live.len() > 1 {
-                return self.live_pick();
-            }
-            return Some(first);
+        if self.is_live() {
+            let skip = exclude.and_then(|e| self.index.iter().position(|&i| i as usize == e));
+            return self.step(skip).map(|k| self.index[k] as usize);
         }
         let n = self.schedule.len();
-        if n == 0 {
-            return None;
-        }
-        let first = self.schedule[self.next % n];
+        let first = self.schedule[self.next % n] as usize;
         self.next = self.next.wrapping_add(1);
         if Some(first) != exclude {
             return Some(first);
         }
-        // Walk on to the next entry naming another backend, if any.
+        // Walk on to the next entry naming another backend, if any (at most
+        // one period, bounded by PRECOMPUTE_STEPS).
         for k in 0..n {
-            let i = self.schedule[(self.next + k) % n];
+            let i = self.schedule[(self.next + k) % n] as usize;
             if i != first {
                 self.next = self.next.wrapping_add(k + 1);
                 return Some(i);
@@ -113,38 +150,119 @@ mod tests {
     use super::*;
     use crate::balancer::test_util::snapshot;
 
-    #[test]
-    fn interleaves_by_weight() {
-        let s = snapshot(&[1, 2], &[true, true]);
-        let mut b = WeightedRoundRobin::default();
-        b.update(&s);
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        let picks: Vec<_> = (0..6).map(|_| b.pick(&s, ip, None).unwrap()).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 4);
-        assert_eq!(picks[..3].iter().filter(|&&i| i == 0).count(), 1);
-        let s = snapshot(&[5, 1, 1], &[true, true, true]);
-        b.update(&s);
-        let picks: Vec<_> = (0..7).map(|_| b.pick(&s, ip, None).unwrap()).collect();
-        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_ne!(b.pick(&s, ip, Some(0)), Some(0));
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn picks(b: &mut WeightedRoundRobin, s: &Snapshot, n: usize) -> Vec<usize> {
+        (0..n).map(|_| b.pick(s, IP, None).unwrap()).collect()
+    }
+
+    /// The smooth algorithm written as plainly as possible, as the oracle.
+    fn reference(weights: &[i64], n: usize) -> Vec<usize> {
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; weights.len()];
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut best = 0;
+            for k in 0..weights.len() {
+                current[k] += weights[k];
+                if current[k] > current[best] {
+                    best = k;
+                }
+            }
+            current[best] -= total;
+            out.push(best);
+        }
+        out
     }
 
     #[test]
-    fn large_weights_are_reduced_or_picked_live() {
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        let s = snapshot(&[100, 200], &[true, true]);
+    fn exact_smooth_sequences() {
+        let mut b = WeightedRoundRobin::default();
+        let s = snapshot(&[1, 2], &[true, true]);
+        b.update(&s);
+        assert_eq!(picks(&mut b, &s, 6), vec![1, 0, 1, 1, 0, 1]);
+        let s = snapshot(&[5, 1, 1], &[true, true, true]);
+        b.update(&s);
+        assert_eq!(picks(&mut b, &s, 14), [[0, 0, 1, 0, 2, 0, 0]; 2].concat());
+        assert_ne!(b.pick(&s, IP, Some(0)), Some(0));
+        // A down backend is left out; indices stay those of the snapshot.
+        let s = snapshot(&[5, 3, 1, 1], &[true, false, true, true]);
+        b.update(&s);
+        assert_eq!(picks(&mut b, &s, 7), vec![0, 0, 2, 0, 3, 0, 0]);
+        let none = snapshot(&[1, 1], &[false, false]);
+        b.update(&none);
+        assert_eq!(b.pick(&none, IP, None), None);
+    }
+
+    #[test]
+    fn live_and_precomputed_give_the_same_sequence() {
+        // Weights 100/101 on 600 backends: the case that stalled updates.
+        let weights: Vec<u32> = (0..600).map(|i| 100 + (i % 2)).collect();
+        let s = snapshot(&weights, &[true; 600]);
         let mut b = WeightedRoundRobin::default();
         b.update(&s);
-        assert_eq!(b.schedule.len(), 3);
+        assert!(b.is_live());
+        let w64: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
+        assert_eq!(picks(&mut b, &s, 3000), reference(&w64, 3000));
+        // Small enough to precompute: same answer.
+        let weights = [7, 3, 2, 9, 1];
+        let s = snapshot(&weights, &[true; 5]);
+        b.update(&s);
+        assert!(!b.is_live() && b.schedule.len() == 22);
+        let w64: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
+        assert_eq!(picks(&mut b, &s, 100), reference(&w64, 100));
+    }
+
+    #[test]
+    fn distribution_follows_weights_exactly_per_period() {
         let weights: Vec<u32> = (0..200).map(|i| 997 + (i % 3)).collect();
         let s = snapshot(&weights, &[true; 200]);
+        let mut b = WeightedRoundRobin::default();
         b.update(&s);
-        assert!(b.schedule.is_empty() && !b.live.is_empty());
+        assert!(b.is_live());
         let mut counts = vec![0u32; 200];
         let total: u32 = weights.iter().sum();
         for _ in 0..total {
-            counts[b.pick(&s, ip, None).unwrap()] += 1;
+            counts[b.pick(&s, IP, None).unwrap()] += 1;
         }
         assert_eq!(counts, weights);
+        // gcd reduction keeps a 100:200 period at 3 entries.
+        let s = snapshot(&[100, 200], &[true, true]);
+        b.update(&s);
+        assert_eq!(b.schedule.len(), 3);
+    }
+
+    #[test]
+    fn exclude_in_live_mode_takes_the_next_best() {
+        let weights: Vec<u32> = (0..1000).map(|i| 1000 - (i % 2)).collect();
+        let s = snapshot(&weights, &[true; 1000]);
+        let mut b = WeightedRoundRobin::default();
+        b.update(&s);
+        assert!(b.is_live());
+        for _ in 0..50 {
+            let first = b.pick(&s, IP, None).unwrap();
+            assert_ne!(b.pick(&s, IP, Some(first)), Some(first));
+        }
+        let one = snapshot(&[3], &[true]);
+        b.update(&one);
+        assert_eq!(b.pick(&one, IP, Some(0)), Some(0));
+    }
+
+    #[test]
+    fn update_work_is_bounded_whatever_the_weights() {
+        // 1000 backends of weight 1000 minus one of weight 999: no common
+        // divisor, a period of ~10^6 picks. The update must not compute it.
+        let mut weights = vec![1000u32; 1000];
+        weights[0] = 999;
+        let s = snapshot(&weights, &[true; 1000]);
+        let mut b = WeightedRoundRobin::default();
+        b.update(&s);
+        assert!(b.is_live());
+        assert!(b.schedule.capacity() * b.current.len() <= PRECOMPUTE_STEPS);
+        // The largest precomputed period stays within the budget.
+        let s = snapshot(&[1000, 999], &[true, true]);
+        b.update(&s);
+        assert_eq!(b.schedule.len(), 1999);
+        assert!(b.schedule.len() * 2 <= PRECOMPUTE_STEPS);
     }
 }
