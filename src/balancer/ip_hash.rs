@@ -138,6 +138,25 @@ fn quotas(weights: &[u64]) -> Vec<u32> {
     quota
 }
 
+/// Takes the first free entry at or after `e` along a permutation of
+/// stride `step` and marks it taken: (that entry, the next one to try).
+/// There must be a free entry (the quotas sum to [`TABLE_SIZE`]).
+#[inline]
+fn claim(taken: &mut [u64], mut e: usize, step: usize) -> (usize, usize) {
+    loop {
+        let (word, bit) = (e / 64, 1u64 << (e % 64));
+        let mut after = e + step;
+        if after >= TABLE_SIZE {
+            after -= TABLE_SIZE;
+        }
+        if taken[word] & bit == 0 {
+            taken[word] |= bit;
+            return (e, after);
+        }
+        e = after;
+    }
+}
+
 impl IpHash {
     /// Refills `owner` for the backends of `snapshot`.
     fn build(&mut self, snapshot: &Snapshot) {
@@ -172,32 +191,24 @@ impl IpHash {
         // Which entries are taken, one bit each: 8 KiB, stays in L1 while
         // probing.
         let mut taken = vec![0u64; TABLE_SIZE.div_ceil(64)];
+        // Backends with entries still to claim, in turn order.
         let mut turns: Vec<u32> = (0..order.len() as u32)
             .filter(|&k| left[k as usize] > 0)
             .collect();
         while !turns.is_empty() {
-            turns.retain(|&k| {
-                let k = k as usize;
-                let mut e = next[k] as usize;
-                loop {
-                    let (word, bit) = (e / 64, 1u64 << (e % 64));
-                    let free = taken[word] & bit == 0;
-                    if free {
-                        taken[word] |= bit;
-                        self.owner[e] = order[k];
-                    }
-                    e += step[k] as usize;
-                    if e >= TABLE_SIZE {
-                        e -= TABLE_SIZE;
-                    }
-                    if free {
-                        break;
-                    }
-                }
-                next[k] = e as u32;
+            let mut kept = 0;
+            for t in 0..turns.len() {
+                let k = turns[t] as usize;
+                let (e, after) = claim(&mut taken, next[k] as usize, step[k] as usize);
+                self.owner[e] = order[k];
+                next[k] = after as u32;
                 left[k] -= 1;
-                left[k] > 0
-            });
+                if left[k] > 0 {
+                    turns[kept] = k as u32;
+                    kept += 1;
+                }
+            }
+            turns.truncate(kept);
         }
     }
 
