@@ -12,12 +12,18 @@
 //! - `chunked ...`: `ChunkedDecoder` over a 64 KiB body in 4 KiB chunks, in
 //!   `Rechunk` and `Decode` modes, fed in one call (throughput in MB/s of
 //!   payload, 1 MB = 10^6 bytes).
-//! - `pick ...`: `Balancer::pick` for every strategy with 3 and 1000 backends
-//!   (all up, weights cycling 1, 2, 3, client IPs cycling over 1024 addresses,
-//!   no requests in flight).
-//! - `update ...`: `Balancer::update` with 1000 backends (a snapshot change),
-//!   plus WeightedRoundRobin with every weight at 100 and IpHash with 3
-//!   backends of weight 1000, to show how their cost grows with the weights.
+//! - `pick ...`: `Balancer::pick` for every strategy with 3, 100 and 1000
+//!   backends (all up, weights cycling 1, 2, 3, client IPs cycling over 1024
+//!   addresses, no requests in flight), and WeightedRoundRobin with weights
+//!   999/1000, whose sequence is too long to precompute (picks run live).
+//! - `update ...`: `Balancer::update` with 1000 backends and the same
+//!   snapshot every time, plus WeightedRoundRobin with every weight at 100.
+//!   Then the cases of issue 13, where each op alternates between two
+//!   snapshots so every update sees a change: `rebuild` changes the set or a
+//!   weight, `health flip` takes a backend down or brings it back (1000
+//!   backends of weight 1000; 600 of weight 100/101 with two flapping; 40
+//!   of weight 1000 and a 41st added; 8 of weight 999/1000, the longest
+//!   period WeightedRoundRobin still precomputes).
 //! - `snapshot ...`: what a worker does per request to reach a backend
 //!   address: clone the `Rc<Arc<Snapshot>>` out of its `RefCell`, read
 //!   `backends[i].backend.addr`, drop the clone; and the same through a plain

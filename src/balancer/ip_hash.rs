@@ -15,13 +15,13 @@
 //! its own clients (spread over the others by weight) and they return when
 //! it recovers. Adding, removing or re-weighting a backend rebuilds the
 //! table: the clients of the backend concerned move, plus a small spill of
-//! others as the turns shift (about 0.3% of clients when 1 of 10 is removed,
-//! see the tests).
+//! others as the turns shift (0.2% to 0.8% of all clients when 1 of 10 is
+//! removed, see the tests).
 //!
 //! Costs: a pick is one table read, O(1). An update that changes health only
 //! is one pass over the table, O([`TABLE_SIZE`]); a rebuild is
 //! O([`TABLE_SIZE`] log [`TABLE_SIZE`]) probes, whatever the weights.
-//! Memory: two arrays of [`TABLE_SIZE`] `u32` per worker (512 KiB).
+//! Memory: two arrays of [`TABLE_SIZE`] `u32` per worker (256 KiB).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,9 +31,10 @@ use super::Balancer;
 use crate::health::Snapshot;
 
 /// Entries in the lookup table. A prime, so every step size walks the whole
-/// table; large enough that 1 000 backends still get ~65 entries each, which
-/// keeps their shares within ~1.5% of their weights.
-pub const TABLE_SIZE: usize = 65_537;
+/// table. 1 000 backends still get ~33 entries each (shares within ~3% of
+/// their weights), and a rebuild stays under a millisecond; 65 537 entries
+/// would halve that rounding and double the rebuild.
+pub const TABLE_SIZE: usize = 32_749;
 
 /// No owner yet (only while the table is being filled).
 const EMPTY: u32 = u32::MAX;
@@ -391,10 +392,11 @@ mod tests {
                     others += 1;
                 }
             }
-            // Its own ~10% move (measured 961 to 1066 of 10 000), and a
-            // spill of 0.2-0.4% of the others (measured 22 to 36).
+            // Its own ~10% move (measured 944 to 1024 of 10 000), and a
+            // spill of under 1% of the others (measured 24 to 84): in all,
+            // 9.7% to 11.1% of the clients move.
             assert!((900..1100).contains(&theirs), "removed {removed}: {theirs}");
-            assert!(others <= 50, "removed {removed}: {others} others moved");
+            assert!(others <= 100, "removed {removed}: {others} others moved");
             assert!(theirs + others <= 1120, "removed {removed}");
         }
     }
@@ -453,7 +455,7 @@ mod tests {
         for &o in &b.owner {
             entries[o as usize] += 1;
         }
-        assert!(entries.iter().all(|&c| c == 65 || c == 66), "{entries:?}");
+        assert!(entries.iter().all(|&c| c == 32 || c == 33), "{entries:?}");
         // A health flip reroutes without rebuilding.
         up[17] = false;
         b.update(&snapshot(&weights, &up));
@@ -465,7 +467,7 @@ mod tests {
         b.update(&snapshot(&weights, &[true; 1000]));
         assert_eq!(b.owner.len(), TABLE_SIZE);
         let heavy = b.owner.iter().filter(|&&o| o == 0).count();
-        assert!((32_780..32_790).contains(&heavy), "{heavy}");
+        assert!((16_380..16_390).contains(&heavy), "{heavy}");
         // Backends too light for an entry by weight still get one.
         let mut weights = vec![1000u32; 101];
         weights[100] = 1;
