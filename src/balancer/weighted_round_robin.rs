@@ -6,13 +6,17 @@
 //! total weight from it: weights 1:2 give b a b, b a b, ..., 5:1:1 give
 //! a a b a c a a: a heavy backend's turns are spread out, never bunched.
 //!
-//! Cost, whatever the weights: weights are divided by their gcd (which does
-//! not change the sequence); when one period of the sequence costs at most
-//! [`PRECOMPUTE_STEPS`] (period length × up backends) it is computed on
-//! update and a pick is an array read. Otherwise picks run the algorithm
-//! live over compact arrays: O(n) per pick, two tight passes. So an update
-//! is O(n) plus at most [`PRECOMPUTE_STEPS`] steps (~0.1 ms in a release
-//! build), and both forms give the same sequence.
+//! Backends of equal weight gain at the same rate, so among them the order
+//! of `c` only changes for the one just picked. The live form keeps one
+//! binary heap per distinct weight (`c` is stored as `base + picks × w`, so
+//! adding the weights costs nothing): a pick compares the heads of the G
+//! heaps and sifts the winner down, O(G + log n), G being the number of
+//! distinct weights (usually a handful; n at worst, when every weight
+//! differs). Weights are divided by their gcd (the sequence is unchanged);
+//! when one period of the sequence costs at most [`PRECOMPUTE_STEPS`] it is
+//! computed on update and a pick is an array read. So an update is
+//! O(n log n) plus at most [`PRECOMPUTE_STEPS`] steps, whatever the weights,
+//! and both forms give the same sequence.
 //!
 //! An update restarts the sequence (every `c` back to 0), as nginx does when
 //! its peer list is rebuilt.
@@ -22,16 +26,13 @@ use std::net::IpAddr;
 use super::Balancer;
 use crate::health::Snapshot;
 
-/// Most scan steps (period length × up backends) spent precomputing one
-/// period on update. Above it, picks run the algorithm live instead.
+/// Most work (period length × (distinct weights + log2 of the up backends))
+/// spent precomputing one period on update. Above it, picks run live.
 pub const PRECOMPUTE_STEPS: usize = 1 << 16;
 
-/// Largest total weight picks compute with. Current values stay within a
-/// small multiple of the total (1.5x at most in a randomised check), so
-/// `i32` keeps ample headroom and halves the scan's cost against `i64`.
-/// A larger total (over 67 000 backends at the maximum weight) is scaled
-/// down, each weight staying at least 1.
-const MAX_TOTAL: u64 = 1 << 26;
+/// Live picks between two renormalisations of the stored bases (an O(n)
+/// pass that keeps `base + picks × w` far from overflowing).
+const RENORMALISE_AFTER: i64 = 1 << 20;
 
 /// Weighted rotation, evenly interleaved (1:2 gives b a b b a b, never a a b b).
 #[derive(Debug, Default)]
@@ -41,13 +42,39 @@ pub struct WeightedRoundRobin {
     schedule: Vec<u32>,
     /// Position in `schedule`.
     next: usize,
-    /// Live mode, one slot per up backend (structure of arrays so the scan
-    /// is two tight loops): snapshot index, weight, current value.
-    index: Vec<u32>,
-    weight: Vec<i32>,
-    current: Vec<i32>,
-    /// Sum of `weight`.
-    total: i32,
+    /// Live state: the up backends, grouped by weight; each group's slice
+    /// `members[start..end]` is a binary heap, largest current value first.
+    members: Vec<Member>,
+    groups: Vec<Group>,
+    /// Picks since the bases were last renormalised: a member's current
+    /// value is `base + picks × its group's weight`.
+    picks: i64,
+    /// Sum of the (reduced) weights of the up backends.
+    total: i64,
+}
+
+/// An up backend in the live state.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    /// Current value minus `picks × weight`.
+    base: i64,
+    /// Snapshot index.
+    index: u32,
+}
+
+impl Member {
+    /// Comes first in its heap: larger current value, then lower index.
+    fn before(&self, other: &Member) -> bool {
+        self.base > other.base || (self.base == other.base && self.index < other.index)
+    }
+}
+
+/// The up backends of one weight: a heap in `members[start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    weight: i64,
+    start: usize,
+    end: usize,
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -60,35 +87,71 @@ impl WeightedRoundRobin {
         self.schedule.is_empty()
     }
 
-    /// One step of the smooth algorithm over the live arrays: the slot that
-    /// wins (`skip` never does while another slot exists).
+    /// One step of the smooth algorithm over the live state: the snapshot
+    /// index that wins. `skip` (a snapshot index) does not win while another
+    /// backend is up.
     fn step(&mut self, skip: Option<usize>) -> Option<usize> {
-        if self.current.is_empty() {
+        if self.members.is_empty() {
             return None;
         }
-        let best = match skip {
-            None => {
-                let mut max = i32::MIN;
-                for (c, w) in self.current.iter_mut().zip(&self.weight) {
-                    *c += *w;
-                    max = max.max(*c);
+        if self.picks >= RENORMALISE_AFTER {
+            for g in &self.groups {
+                for m in &mut self.members[g.start..g.end] {
+                    m.base += self.picks * g.weight;
                 }
-                // The first slot holding the maximum: nginx's tie-break.
-                self.current.iter().position(|&c| c == max)?
             }
-            Some(skip) => {
-                let mut best: Option<usize> = None;
-                for k in 0..self.current.len() {
-                    self.current[k] += self.weight[k];
-                    if k != skip && best.is_none_or(|b| self.current[k] > self.current[b]) {
-                        best = Some(k);
-                    }
-                }
-                best.unwrap_or(skip)
+            self.picks = 0;
+        }
+        self.picks += 1;
+        let skip = skip.filter(|_| self.members.len() > 1);
+        // (current value, member position, group)
+        let mut best: Option<(i64, usize, usize)> = None;
+        for (g, group) in self.groups.iter().enumerate() {
+            let mut pos = group.start;
+            if skip == Some(self.members[pos].index as usize) {
+                // The head is skipped: the next best is one of its children.
+                let (left, right) = (pos + 1, pos + 2);
+                pos = match (left < group.end, right < group.end) {
+                    (false, _) => continue,
+                    (true, false) => left,
+                    (true, true) if self.members[right].before(&self.members[left]) => right,
+                    (true, true) => left,
+                };
             }
-        };
-        self.current[best] -= self.total;
-        Some(best)
+            let m = self.members[pos];
+            let value = m.base + self.picks * group.weight;
+            let wins = best.is_none_or(|(v, p, _)| {
+                value > v || (value == v && m.index < self.members[p].index)
+            });
+            if wins {
+                best = Some((value, pos, g));
+            }
+        }
+        let (_, pos, g) = best?;
+        let index = self.members[pos].index as usize;
+        self.members[pos].base -= self.total;
+        let group = self.groups[g];
+        sift_down(&mut self.members[group.start..group.end], pos - group.start);
+        Some(index)
+    }
+}
+
+/// Restores the heap order of `heap` after the key at `i` decreased.
+fn sift_down(heap: &mut [Member], mut i: usize) {
+    loop {
+        let (left, right) = (2 * i + 1, 2 * i + 2);
+        let mut first = i;
+        if left < heap.len() && heap[left].before(&heap[first]) {
+            first = left;
+        }
+        if right < heap.len() && heap[right].before(&heap[first]) {
+            first = right;
+        }
+        if first == i {
+            return;
+        }
+        heap.swap(i, first);
+        i = first;
     }
 }
 
@@ -96,44 +159,59 @@ impl Balancer for WeightedRoundRobin {
     fn update(&mut self, snapshot: &Snapshot) {
         self.schedule.clear();
         self.next = 0;
-        self.index.clear();
-        self.weight.clear();
-        self.current.clear();
+        self.members.clear();
+        self.groups.clear();
+        self.picks = 0;
         let routable = || snapshot.backends.iter().filter(|b| b.routable());
         let weight_of = |b: &crate::health::BackendView| u64::from(b.backend.weight.max(1));
         let g = routable().fold(0, |g, b| gcd(g, weight_of(b))).max(1);
-        let total: u64 = routable().map(|b| weight_of(b) / g).sum();
-        let scale = total.div_ceil(MAX_TOTAL).max(1);
-        for (i, b) in snapshot.backends.iter().enumerate() {
-            if b.routable() {
-                // Indices fit: a snapshot never holds 2^32 backends. The
-                // weight fits: at most MAX_TOTAL once scaled.
-                self.index.push(i as u32);
-                self.weight.push((weight_of(b) / g / scale).max(1) as i32);
+        // (reduced weight, snapshot index), grouped by weight, each group
+        // in index order: with every current value at 0 that is heap order.
+        // Indices fit: a snapshot never holds 2^32 backends.
+        let mut by_weight: Vec<(u64, u32)> = snapshot
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.routable())
+            .map(|(i, b)| (weight_of(b) / g, i as u32))
+            .collect();
+        by_weight.sort_unstable();
+        // Reduced weights are at most 2^32 and fewer than 2^32 of them: fits.
+        self.total = by_weight.iter().map(|&(w, _)| w as i64).sum();
+        for (k, &(w, index)) in by_weight.iter().enumerate() {
+            if k == 0 || by_weight[k - 1].0 != w {
+                self.groups.push(Group {
+                    weight: w as i64,
+                    start: k,
+                    end: k,
+                });
             }
+            if let Some(group) = self.groups.last_mut() {
+                group.end = k + 1;
+            }
+            self.members.push(Member { base: 0, index });
         }
-        self.total = self.weight.iter().sum();
-        self.current.resize(self.weight.len(), 0);
-        let n = self.weight.len();
+        let n = self.members.len();
+        if n == 0 {
+            return;
+        }
         let period = usize::try_from(self.total).unwrap_or(usize::MAX);
-        if n == 0 || period.saturating_mul(n) > PRECOMPUTE_STEPS {
+        let per_step = self.groups.len() + 1 + n.ilog2() as usize;
+        if period.saturating_mul(per_step) > PRECOMPUTE_STEPS {
             return;
         }
         self.schedule.reserve(period);
         for _ in 0..period {
-            // `step` finds a slot: there is at least one.
-            if let Some(k) = self.step(None) {
-                self.schedule.push(self.index[k]);
+            // `step` finds a backend: there is at least one.
+            if let Some(i) = self.step(None) {
+                self.schedule.push(i as u32);
             }
         }
-        // A whole period brings every current value back to 0.
-        debug_assert!(self.current.iter().all(|&c| c == 0));
     }
 
     fn pick(&mut self, _: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {
         if self.is_live() {
-            let skip = exclude.and_then(|e| self.index.iter().position(|&i| i as usize == e));
-            return self.step(skip).map(|k| self.index[k] as usize);
+            return self.step(exclude);
         }
         let n = self.schedule.len();
         let first = self.schedule[self.next % n] as usize;
@@ -243,14 +321,30 @@ mod tests {
 
     #[test]
     fn exclude_in_live_mode_takes_the_next_best() {
-        let weights: Vec<u32> = (0..1000).map(|i| 1000 - (i % 2)).collect();
-        let s = snapshot(&weights, &[true; 1000]);
+        // Every weight accrues, the best backend other than the excluded
+        // one wins and pays back the total.
+        let weights: Vec<u32> = (0..60).map(|i| [5, 3, 3, 8][i % 4]).collect();
+        let s = snapshot(&weights, &[true; 60]);
         let mut b = WeightedRoundRobin::default();
         b.update(&s);
-        assert!(b.is_live());
-        for _ in 0..50 {
-            let first = b.pick(&s, IP, None).unwrap();
-            assert_ne!(b.pick(&s, IP, Some(first)), Some(first));
+        b.schedule.clear();
+        let w: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
+        let total: i64 = w.iter().sum();
+        let mut current = vec![0i64; w.len()];
+        let mut last = 0;
+        for round in 0..2000 {
+            let skip = (round % 3 == 2).then_some(last);
+            let mut best: Option<usize> = None;
+            for k in 0..w.len() {
+                current[k] += w[k];
+                if Some(k) != skip && best.is_none_or(|b| current[k] > current[b]) {
+                    best = Some(k);
+                }
+            }
+            let best = best.unwrap();
+            current[best] -= total;
+            last = b.pick(&s, IP, skip).unwrap();
+            assert_eq!(last, best, "round {round}");
         }
         let one = snapshot(&[3], &[true]);
         b.update(&one);
@@ -258,8 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn current_values_stay_well_inside_i32() {
-        // The headroom MAX_TOTAL relies on: |current| <= 2 x total.
+    fn live_matches_the_reference_for_random_weights() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -269,19 +362,43 @@ mod tests {
         };
         for trial in 0..40 {
             let n = 2 + (next() % 40) as usize;
-            let top = if trial % 2 == 0 { 1000 } else { 3 };
+            let top = [1000, 3, 50][trial % 3];
             let weights: Vec<u32> = (0..n).map(|_| 1 + (next() % top) as u32).collect();
             let s = snapshot(&weights, &vec![true; n]);
             let mut b = WeightedRoundRobin::default();
             b.update(&s);
-            // Run the live form whatever the period.
+            // Run the live form whatever the period (a precomputed period
+            // leaves the live state back at its start).
             b.schedule.clear();
-            let bound = 2 * b.total;
-            for _ in 0..20_000 {
-                b.pick(&s, IP, None);
-                assert!(b.current.iter().all(|c| c.abs() <= bound), "{weights:?}");
+            let g = weights.iter().fold(0, |g, &w| gcd(g, u64::from(w))) as i64;
+            let reduced: Vec<i64> = weights.iter().map(|&w| i64::from(w) / g).collect();
+            assert_eq!(
+                picks(&mut b, &s, 3000),
+                reference(&reduced, 3000),
+                "{weights:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn renormalising_keeps_the_sequence() {
+        let weights = [7u32, 5, 5, 3, 7, 2];
+        let s = snapshot(&weights, &[true; 6]);
+        let mut b = WeightedRoundRobin::default();
+        b.update(&s);
+        b.schedule.clear();
+        // Jump the pick counter to the threshold, bases compensated so that
+        // every current value is unchanged.
+        let jump = RENORMALISE_AFTER - b.picks;
+        for g in b.groups.clone() {
+            for m in &mut b.members[g.start..g.end] {
+                m.base -= jump * g.weight;
             }
         }
+        b.picks = RENORMALISE_AFTER;
+        let w64: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
+        assert_eq!(picks(&mut b, &s, 200), reference(&w64, 200));
+        assert!(b.picks < 1000);
     }
 
     #[test]
@@ -293,12 +410,12 @@ mod tests {
         let s = snapshot(&weights, &[true; 1000]);
         let mut b = WeightedRoundRobin::default();
         b.update(&s);
-        assert!(b.is_live());
-        assert!(b.schedule.capacity() * b.current.len() <= PRECOMPUTE_STEPS);
+        assert!(b.is_live() && b.schedule.capacity() == 0);
+        assert_eq!((b.members.len(), b.groups.len()), (1000, 2));
         // The largest precomputed period stays within the budget.
         let s = snapshot(&[1000, 999], &[true, true]);
         b.update(&s);
         assert_eq!(b.schedule.len(), 1999);
-        assert!(b.schedule.len() * 2 <= PRECOMPUTE_STEPS);
+        assert!(b.schedule.len() * (b.groups.len() + 2) <= PRECOMPUTE_STEPS);
     }
 }
