@@ -374,19 +374,15 @@ mod tests {
         let s = named(&all);
         b.update(&s);
         let before = names(&mut b, &s, &clients);
-        for removed in 0..10 {
-            let rest: Vec<_> = all
-                .iter()
-                .copied()
-                .filter(|(n, _)| *n != servers[removed])
-                .collect();
+        for removed in &servers {
+            let rest: Vec<_> = all.iter().copied().filter(|(n, _)| n != removed).collect();
             let s = named(&rest);
             let mut b = IpHash::default();
             b.update(&s);
             let after = names(&mut b, &s, &clients);
             let (mut theirs, mut others) = (0, 0);
             for (was, now) in before.iter().zip(&after) {
-                if *was == servers[removed] {
+                if was == removed {
                     theirs += 1;
                 } else if was != now {
                     others += 1;

@@ -28,7 +28,7 @@ use crate::health::Snapshot;
 
 /// Most work (period length × (distinct weights + log2 of the up backends))
 /// spent precomputing one period on update. Above it, picks run live.
-pub const PRECOMPUTE_STEPS: usize = 1 << 16;
+pub const PRECOMPUTE_STEPS: usize = 1 << 15;
 
 /// Live picks between two renormalisations of the stored bases (an O(n)
 /// pass that keeps `base + picks × w` far from overflowing).
