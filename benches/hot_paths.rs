@@ -22,8 +22,8 @@
 //!   snapshots so every update sees a change: `rebuild` changes the set or a
 //!   weight, `health flip` takes a backend down or brings it back (1000
 //!   backends of weight 1000; 600 of weight 100/101 with two flapping; 40
-//!   of weight 1000 and a 41st added; 8 of weight 999/1000, the longest
-//!   period WeightedRoundRobin still precomputes).
+//!   of weight 1000 and a 41st added; 6 of weight 999/1000, the longest
+//!   period WeightedRoundRobin still precomputes, and 8, just too long).
 //! - `snapshot ...`: what a worker does per request to reach a backend
 //!   address: clone the `Rc<Arc<Snapshot>>` out of its `RefCell`, read
 //!   `backends[i].backend.addr`, drop the clone; and the same through a plain
@@ -558,7 +558,7 @@ fn balancer_benches(h: &Harness) {
     // a change: `rebuild` changes one backend's weight (the set changes),
     // `health flip` takes one backend down or brings it back.
     h.section("update cost: alternating snapshots (a change on every update)");
-    let cases: [(&str, Snapshot, Snapshot); 5] = [
+    let cases: [(&str, Snapshot, Snapshot); 6] = [
         (
             "1000x1000 rebuild",
             snapshot(1000, Some(1000)),
@@ -581,7 +581,14 @@ fn balancer_benches(h: &Harness) {
             snapshot(40, Some(1000)),
             snapshot(41, Some(1000)),
         ),
-        // The longest period WeightedRoundRobin still precomputes.
+        // The longest period WeightedRoundRobin still precomputes (6
+        // backends: a period of 5 997 picks), and one just too long (8).
+        (
+            "6x999/1000 rebuild",
+            snapshot_with(6, |i| 1000 - (i as u32 % 2), |_| true),
+            // Weights swapped pairwise: same period, a different set.
+            snapshot_with(6, |i| 999 + (i as u32 % 2), |_| true),
+        ),
         (
             "8x999/1000 rebuild",
             snapshot_with(8, |i| 1000 - (i as u32 % 2), |_| true),

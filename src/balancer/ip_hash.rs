@@ -32,7 +32,7 @@ use crate::health::Snapshot;
 
 /// Entries in the lookup table. A prime, so every step size walks the whole
 /// table. 1 000 backends still get ~33 entries each (shares within ~3% of
-/// their weights), and a rebuild stays under a millisecond; 65 537 entries
+/// their weights), and a rebuild takes about a millisecond; 65 537 entries
 /// would halve that rounding and double the rebuild.
 pub const TABLE_SIZE: usize = 32_749;
 
