@@ -2,9 +2,10 @@
 //!
 //! A [`Balancer`] is owned by one worker (`&mut self`, no atomics of its own):
 //! [`Balancer::update`] rebuilds its view when a new snapshot arrives,
-//! [`Balancer::pick`] chooses a backend per request in O(1) (or O(n) for
-//! LeastConnections, which must look at every candidate, and for
-//! WeightedRoundRobin when its sequence is too long to precompute).
+//! [`Balancer::pick`] chooses a backend per request in O(1) (O(n) for
+//! LeastConnections, which must look at every candidate; O(G + log n), G
+//! distinct weights, for WeightedRoundRobin when its sequence is too long to
+//! precompute).
 //! Strategies that need the global in-flight count read it from the
 //! [`crate::backend::Backend`].
 //!

@@ -18,8 +18,9 @@
 //! O(n log n) plus at most [`PRECOMPUTE_STEPS`] steps, whatever the weights,
 //! and both forms give the same sequence.
 //!
-//! An update restarts the sequence (every `c` back to 0), as nginx does when
-//! its peer list is rebuilt.
+//! An update restarts the sequence (every `c` back to 0). A retry's
+//! excluded backend still gains its weight but cannot win that pick (nginx
+//! leaves tried peers out of the step altogether).
 
 use std::net::IpAddr;
 
