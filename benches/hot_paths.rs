@@ -12,12 +12,18 @@
 //! - `chunked ...`: `ChunkedDecoder` over a 64 KiB body in 4 KiB chunks, in
 //!   `Rechunk` and `Decode` modes, fed in one call (throughput in MB/s of
 //!   payload, 1 MB = 10^6 bytes).
-//! - `pick ...`: `Balancer::pick` for every strategy with 3 and 1000 backends
-//!   (all up, weights cycling 1, 2, 3, client IPs cycling over 1024 addresses,
-//!   no requests in flight).
-//! - `update ...`: `Balancer::update` with 1000 backends (a snapshot change),
-//!   plus WeightedRoundRobin with every weight at 100 and IpHash with 3
-//!   backends of weight 1000, to show how their cost grows with the weights.
+//! - `pick ...`: `Balancer::pick` for every strategy with 3, 100 and 1000
+//!   backends (all up, weights cycling 1, 2, 3, client IPs cycling over 1024
+//!   addresses, no requests in flight), and WeightedRoundRobin with weights
+//!   999/1000, whose sequence is too long to precompute (picks run live).
+//! - `update ...`: `Balancer::update` with 1000 backends and the same
+//!   snapshot every time, plus WeightedRoundRobin with every weight at 100.
+//!   Then the cases of issue 13, where each op alternates between two
+//!   snapshots so every update sees a change: `rebuild` changes the set or a
+//!   weight, `health flip` takes a backend down or brings it back (1000
+//!   backends of weight 1000; 600 of weight 100/101 with two flapping; 40
+//!   of weight 1000 and a 41st added; 6 of weight 999/1000, the longest
+//!   period WeightedRoundRobin still precomputes, and 8, just too long).
 //! - `snapshot ...`: what a worker does per request to reach a backend
 //!   address: clone the `Rc<Arc<Snapshot>>` out of its `RefCell`, read
 //!   `backends[i].backend.addr`, drop the clone; and the same through a plain
@@ -368,6 +374,22 @@ fn snapshot(n: usize, weight: Option<u32>) -> Snapshot {
     }
 }
 
+/// `n` backends on 10.x.y.z:8080 with the given weights and health.
+fn snapshot_with(n: usize, weight: impl Fn(usize) -> u32, up: impl Fn(usize) -> bool) -> Snapshot {
+    let mut s = snapshot(n, Some(1));
+    for (i, b) in s.backends.iter_mut().enumerate() {
+        let backend = &b.backend;
+        b.backend = Arc::new(Backend::new(
+            backend.id,
+            backend.name.clone(),
+            backend.addr,
+            weight(i),
+        ));
+        b.up = up(i);
+    }
+    s
+}
+
 fn client_ips() -> Vec<IpAddr> {
     (0..1024u32)
         .map(|i| IpAddr::from([172, 16, (i >> 8) as u8, i as u8]))
@@ -485,7 +507,7 @@ fn chunked_benches(h: &Harness) {
 
 fn balancer_benches(h: &Harness) {
     let ips = client_ips();
-    for n in [3, 1000] {
+    for n in [3, 100, 1000] {
         h.section(&format!(
             "backend selection: Balancer::pick, {n} backends up"
         ));
@@ -501,6 +523,19 @@ fn balancer_benches(h: &Harness) {
                 black_box(b.pick(black_box(&snap), ip, None));
             });
         }
+    }
+    // Weights 999/1000 leave no common divisor: the longest sequences.
+    for n in [3, 100, 1000] {
+        let snap = snapshot_with(n, |i| 1000 - (i as u32 % 2), |_| true);
+        let mut b = balancer::new(Strategy::WeightedRoundRobin, 0x5eed);
+        b.update(&snap);
+        h.bench(
+            &format!("pick WeightedRoundRobin n={n} weights 999/1000"),
+            None,
+            || {
+                black_box(b.pick(black_box(&snap), CLIENT_V4, None));
+            },
+        );
     }
 
     h.section("snapshot change: Balancer::update, 1000 backends up");
@@ -518,14 +553,66 @@ fn balancer_benches(h: &Harness) {
         b.update(black_box(&heavy));
         black_box(&b);
     });
-    // IpHash's ring has 100 points per unit of weight: few backends with the
-    // maximum weight cost as much as many light ones.
-    let few_heavy = snapshot(3, Some(1000));
-    let mut b = balancer::new(Strategy::IpHash, 0x5eed);
-    h.bench("update IpHash n=3 weight=1000", None, || {
-        b.update(black_box(&few_heavy));
-        black_box(&b);
-    });
+
+    // Each op below alternates between two snapshots, so every update sees
+    // a change: `rebuild` changes one backend's weight (the set changes),
+    // `health flip` takes one backend down or brings it back.
+    h.section("update cost: alternating snapshots (a change on every update)");
+    let cases: [(&str, Snapshot, Snapshot); 6] = [
+        (
+            "1000x1000 rebuild",
+            snapshot(1000, Some(1000)),
+            snapshot_with(1000, |i| if i == 500 { 999 } else { 1000 }, |_| true),
+        ),
+        (
+            "1000x1000 health flip",
+            snapshot(1000, Some(1000)),
+            snapshot_with(1000, |_| 1000, |i| i != 500),
+        ),
+        // Issue 13: 600 backends weighing 100/101, two flapping.
+        (
+            "600x100/101 health flip",
+            snapshot_with(600, |i| 100 + (i as u32 % 2), |_| true),
+            snapshot_with(600, |i| 100 + (i as u32 % 2), |i| i != 7 && i != 8),
+        ),
+        // Issue 13: 40 backends of weight 1000 added or removed by the API.
+        (
+            "40x1000 rebuild",
+            snapshot(40, Some(1000)),
+            snapshot(41, Some(1000)),
+        ),
+        // The longest period WeightedRoundRobin still precomputes (6
+        // backends: a period of 5 997 picks), and one just too long (8).
+        (
+            "6x999/1000 rebuild",
+            snapshot_with(6, |i| 1000 - (i as u32 % 2), |_| true),
+            // Weights swapped pairwise: same period, a different set.
+            snapshot_with(6, |i| 999 + (i as u32 % 2), |_| true),
+        ),
+        (
+            "8x999/1000 rebuild",
+            snapshot_with(8, |i| 1000 - (i as u32 % 2), |_| true),
+            snapshot_with(
+                8,
+                |i| if i == 0 { 997 } else { 1000 - (i as u32 % 2) },
+                |_| true,
+            ),
+        ),
+    ];
+    for (label, a, b) in &cases {
+        for (strategy, name) in [
+            (Strategy::WeightedRoundRobin, "WeightedRoundRobin"),
+            (Strategy::IpHash, "IpHash"),
+        ] {
+            let mut bal = balancer::new(strategy, 0x5eed);
+            let mut flip = false;
+            h.bench(&format!("update {name} {label}"), None, || {
+                flip = !flip;
+                bal.update(black_box(if flip { a } else { b }));
+                black_box(&bal);
+            });
+        }
+    }
 }
 
 fn snapshot_benches(h: &Harness) {

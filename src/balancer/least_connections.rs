@@ -20,7 +20,7 @@ pub struct LeastConnections {
 
 impl Balancer for LeastConnections {
     fn update(&mut self, snapshot: &Snapshot) {
-        self.up = up_indices(snapshot);
+        up_indices(snapshot, &mut self.up);
     }
 
     fn pick(&mut self, s: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {

@@ -2,9 +2,16 @@
 //!
 //! A [`Balancer`] is owned by one worker (`&mut self`, no atomics of its own):
 //! [`Balancer::update`] rebuilds its view when a new snapshot arrives,
-//! [`Balancer::pick`] chooses a backend per request in O(1) (or O(n) for
-//! LeastConnections, which must look at every candidate). Strategies that
-//! need the global in-flight count read it from the [`crate::backend::Backend`].
+//! [`Balancer::pick`] chooses a backend per request in O(1) (O(n) for
+//! LeastConnections, which must look at every candidate; O(G + log n), G
+//! distinct weights, for WeightedRoundRobin when its sequence is too long to
+//! precompute).
+//! Strategies that need the global in-flight count read it from the
+//! [`crate::backend::Backend`].
+//!
+//! Every worker runs `update` for every snapshot, between requests, so its
+//! cost is bounded by the number of backends and never grows with their
+//! weights (see each strategy's module doc for its figure).
 
 mod ip_hash;
 mod least_connections;
@@ -52,15 +59,18 @@ pub fn new(strategy: Strategy, seed: u64) -> Box<dyn Balancer> {
     }
 }
 
-/// Indices of the backends that are up.
-pub(crate) fn up_indices(snapshot: &Snapshot) -> Vec<usize> {
-    snapshot
-        .backends
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.routable())
-        .map(|(i, _)| i)
-        .collect()
+/// Refills `out` with the indices of the backends that are up (reusing its
+/// allocation: O(n), and no allocation once it has grown).
+pub(crate) fn up_indices(snapshot: &Snapshot, out: &mut Vec<usize>) {
+    out.clear();
+    out.extend(
+        snapshot
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.routable())
+            .map(|(i, _)| i),
+    );
 }
 
 #[cfg(test)]
@@ -69,6 +79,27 @@ pub(crate) mod test_util {
 
     use crate::backend::{Backend, BackendId};
     use crate::health::{BackendView, Snapshot};
+
+    /// A snapshot of up backends with these (address, weight) pairs.
+    pub fn named(servers: &[(&str, u32)]) -> Snapshot {
+        Snapshot {
+            version: 1,
+            backends: servers
+                .iter()
+                .enumerate()
+                .map(|(i, &(name, w))| BackendView {
+                    backend: Arc::new(Backend::new(
+                        BackendId(i as u32),
+                        name.to_owned(),
+                        name.parse().unwrap(),
+                        w,
+                    )),
+                    up: true,
+                    breaker: crate::health::BreakerState::Closed,
+                })
+                .collect(),
+        }
+    }
 
     /// A snapshot with `weights.len()` backends on 127.0.0.1:1000+i.
     pub fn snapshot(weights: &[u32], up: &[bool]) -> Snapshot {

@@ -27,7 +27,7 @@ impl PowerOfTwoChoices {
 
 impl Balancer for PowerOfTwoChoices {
     fn update(&mut self, snapshot: &Snapshot) {
-        self.up = up_indices(snapshot);
+        up_indices(snapshot, &mut self.up);
     }
 
     fn pick(&mut self, s: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {

@@ -50,7 +50,7 @@ impl Random {
 
 impl Balancer for Random {
     fn update(&mut self, snapshot: &Snapshot) {
-        self.up = up_indices(snapshot);
+        up_indices(snapshot, &mut self.up);
     }
 
     fn pick(&mut self, _: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {

@@ -14,7 +14,7 @@ pub struct RoundRobin {
 
 impl Balancer for RoundRobin {
     fn update(&mut self, snapshot: &Snapshot) {
-        self.up = up_indices(snapshot);
+        up_indices(snapshot, &mut self.up);
     }
 
     fn pick(&mut self, _: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {
