@@ -88,13 +88,14 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// How the next backend is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
-    /// Strict rotation over the healthy backends.
+    /// Rotation over the healthy backends that honours weights (smooth
+    /// weighted rotation; with equal weights, a strict rotation).
     RoundRobin,
     /// The backend with the fewest in-flight requests (global count).
     LeastConnections,
     /// A uniformly random healthy backend.
     Random,
-    /// Smooth weighted rotation (nginx's algorithm), by `weight`.
+    /// The same as [`Strategy::RoundRobin`], kept as an accepted alias.
     WeightedRoundRobin,
     /// Consistent hash of the client IP: a client sticks to one backend.
     IpHash,

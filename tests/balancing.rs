@@ -87,6 +87,26 @@ fn weighted_round_robin_follows_weights_exactly() {
 }
 
 #[test]
+fn round_robin_honours_weights() {
+    // nginx's and HAProxy's round robin weigh servers; so does ours (it
+    // used to rotate strictly and ignore weights: 1:2 came out 15:15).
+    let backends = spawn_backends(2);
+    let servers = format!(
+        "[{{ address = \"127.0.0.1:{}\", weight = 1 }}, {{ address = \"127.0.0.1:{}\", weight = 2 }}]",
+        backends[0].port, backends[1].port
+    );
+    let config = Config::for_backends(&backends)
+        .with("servers", &servers)
+        .strategy("RoundRobin")
+        .with("workers", "1");
+    let balancer = spawn_balancer(&config, &[]);
+    let seq = ports_on_one_connection(&balancer, 30);
+    let counts = count(&seq);
+    assert_eq!(counts.get(&backends[0].port), Some(&10), "{seq:?}");
+    assert_eq!(counts.get(&backends[1].port), Some(&20), "{seq:?}");
+}
+
+#[test]
 fn weighted_servers_mix_strings_and_tables() {
     let backends = spawn_backends(2);
     let servers = format!(

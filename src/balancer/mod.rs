@@ -17,7 +17,6 @@ mod ip_hash;
 mod least_connections;
 mod power_of_two;
 mod random;
-mod round_robin;
 mod weighted_round_robin;
 
 use std::net::IpAddr;
@@ -26,7 +25,6 @@ pub use ip_hash::IpHash;
 pub use least_connections::LeastConnections;
 pub use power_of_two::PowerOfTwoChoices;
 pub use random::{Random, Rng};
-pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
 use crate::config::Strategy;
@@ -50,7 +48,10 @@ pub trait Balancer {
 /// Builds the balancer for a strategy; `seed` varies random choices per worker.
 pub fn new(strategy: Strategy, seed: u64) -> Box<dyn Balancer> {
     match strategy {
-        Strategy::RoundRobin => Box::new(RoundRobin::default()),
+        // Round robin honours weights, as nginx's and HAProxy's do: the
+        // smooth weighted rotation, which with equal weights is the strict
+        // rotation. `WeightedRoundRobin` is an alias.
+        Strategy::RoundRobin => Box::new(WeightedRoundRobin::default()),
         Strategy::LeastConnections => Box::new(LeastConnections::default()),
         Strategy::Random => Box::new(Random::new(seed)),
         Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::default()),

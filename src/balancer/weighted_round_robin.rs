@@ -419,4 +419,23 @@ mod tests {
         assert_eq!(b.schedule.len(), 1999);
         assert!(b.schedule.len() * (b.groups.len() + 2) <= PRECOMPUTE_STEPS);
     }
+
+    #[test]
+    fn equal_weights_rotate_strictly_over_up_backends() {
+        // What `RoundRobin` used to be on its own: with equal weights the
+        // smooth rotation is the strict one, skipping down backends.
+        let s = snapshot(&[1, 1, 1], &[true, false, true]);
+        let mut b = WeightedRoundRobin::default();
+        b.update(&s);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let picks: Vec<_> = (0..4).map(|_| b.pick(&s, ip, None).unwrap()).collect();
+        assert_eq!(picks, vec![0, 2, 0, 2]);
+        let none = snapshot(&[1], &[false]);
+        b.update(&none);
+        assert_eq!(b.pick(&none, ip, None), None);
+        let three = snapshot(&[5, 5, 5], &[true, true, true]);
+        b.update(&three);
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&three, ip, None).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    }
 }
