@@ -42,7 +42,6 @@ use crate::channel::Outbox;
 use crate::channel::bridge;
 use crate::channel::link::{connect_receiver, connect_sender, forward};
 use crate::config::{Config, OwnAddresses};
-use crate::health::CheckSpec;
 use crate::liveness::Liveness;
 use crate::messages::{FromWorker, ToWorker};
 use links::Links;
@@ -156,7 +155,7 @@ pub async fn run(parts: ControlParts) {
     }));
     plane.publish();
     for b in &backends {
-        plane.spawn_probe(b.clone(), CheckSpec::Http(config.health_check_path.clone()));
+        plane.spawn_probe(b.id);
     }
 
     let mut tasks = Vec::new();

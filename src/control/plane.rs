@@ -37,8 +37,10 @@ pub struct Plane {
     pub(super) links: Links,
     config: RefCell<Arc<Config>>,
     pub(super) config_path: PathBuf,
-    /// Probe loop of each backend (see [`super::probes`]).
-    pub(super) probes: RefCell<HashMap<BackendId, glommio::Task<()>>>,
+    /// Backends whose probe loop runs (see [`super::probes`]).
+    pub(super) probes: RefCell<std::collections::HashSet<BackendId>>,
+    /// Set at shutdown: probe loops end after their current pass.
+    pub(super) probes_stopped: Cell<bool>,
     next_id: Cell<u32>,
     /// Cluster mode state (None without a `[cluster]` section).
     pub cluster: Option<ClusterState>,
@@ -104,7 +106,8 @@ impl Plane {
             links,
             config: RefCell::new(config),
             config_path,
-            probes: RefCell::new(HashMap::new()),
+            probes: RefCell::new(std::collections::HashSet::new()),
+            probes_stopped: Cell::new(false),
             next_id: Cell::new(next_id),
             cluster,
             expiry: RefCell::new(HashMap::new()),
@@ -184,7 +187,7 @@ impl Plane {
         self.book
             .borrow_mut()
             .add(backend.clone(), check.clone(), source);
-        self.spawn_probe(backend, check);
+        self.spawn_probe(id);
         id
     }
 
@@ -206,7 +209,6 @@ impl Plane {
         if !self.book.borrow_mut().remove(id) {
             return false;
         }
-        self.probes.borrow_mut().remove(&id);
         self.expiry.borrow_mut().remove(&id);
         true
     }

@@ -1,32 +1,41 @@
 //! When to check: one loop per backend that runs a [`crate::health::probe`]
 //! every `health_check_interval`, feeds the result to the health book and
 //! publishes when the backend flips.
+//!
+//! A loop is never cancelled: it reads its backend, check and settings from
+//! the book and the running configuration on every pass, so a reload needs
+//! no restart, and it ends by itself once its backend has left the book.
+//! (glommio 0.9 keeps some memory of every task cancelled while a timer of
+//! it is pending; restarting every probe on each reload grew the process by
+//! a few hundred bytes per backend per reload, which months of reloads and
+//! registrations would turn into a leak.)
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use super::plane::Plane;
-use crate::backend::Backend;
+use crate::backend::BackendId;
 use crate::health::CheckSpec;
 use crate::health::probe::{probe, probe_tcp};
 
-/// Probes `backend` forever (the task is dropped to stop it); returns when
-/// the backend left the book.
-pub async fn probe_loop(plane: Rc<Plane>, backend: Arc<Backend>, check: CheckSpec) {
-    let id = backend.id;
-    let request = match &check {
-        CheckSpec::Http(path) => format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-health\r\nConnection: close\r\n\r\n",
-            backend.name
-        ),
-        CheckSpec::Tcp => String::new(),
-    };
+/// Probes backend `id` until it leaves the book (or the control executor
+/// stops).
+pub async fn probe_loop(plane: Rc<Plane>, id: BackendId) {
     loop {
+        if plane.probes_stopped.get() {
+            break;
+        }
+        let Some((backend, check)) = plane.book.borrow().probe_target(id) else {
+            break;
+        };
         let config = plane.config();
         let result = match &check {
-            CheckSpec::Http(_) => {
+            CheckSpec::Http(path) => {
+                let request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-health\r\nConnection: close\r\n\r\n",
+                    backend.name
+                );
                 probe(
                     backend.addr,
                     request.as_bytes(),
@@ -41,7 +50,7 @@ pub async fn probe_loop(plane: Rc<Plane>, backend: Arc<Backend>, check: CheckSpe
             let mut book = plane.book.borrow_mut();
             match book.position(id) {
                 Some(i) => book.observe_check(i, result.is_ok()),
-                None => return,
+                None => break,
             }
         };
         if flipped {
@@ -55,26 +64,35 @@ pub async fn probe_loop(plane: Rc<Plane>, backend: Arc<Backend>, check: CheckSpe
         }
         glommio::timer::sleep(config.health_check_interval).await;
     }
+    plane.probes.borrow_mut().remove(&id);
 }
 
 impl Plane {
-    /// Starts (or restarts) the probe loop of `backend`.
-    pub fn spawn_probe(self: &Rc<Self>, backend: Arc<Backend>, check: CheckSpec) {
-        let id = backend.id;
-        let task = glommio::spawn_local(probe_loop(self.clone(), backend, check));
-        self.probes.borrow_mut().insert(id, task);
-    }
-
-    /// Restarts every probe (after a reload changed settings or the set).
-    pub(super) fn restart_probes(self: &Rc<Self>) {
-        self.probes.borrow_mut().clear();
-        for info in self.book.borrow().views() {
-            self.spawn_probe(info.backend, info.check);
+    /// Starts the probe loop of backend `id` unless one runs (a running
+    /// loop picks up a changed check on its next pass).
+    pub fn spawn_probe(self: &Rc<Self>, id: BackendId) {
+        if self.probes.borrow_mut().insert(id) {
+            glommio::spawn_local(probe_loop(self.clone(), id)).detach();
         }
     }
 
-    /// Stops every probe.
+    /// Makes sure every backend in the book has a probe loop (after a
+    /// reload added backends).
+    pub(super) fn restart_probes(self: &Rc<Self>) {
+        let ids: Vec<BackendId> = self
+            .book
+            .borrow()
+            .views()
+            .iter()
+            .map(|b| b.backend.id)
+            .collect();
+        for id in ids {
+            self.spawn_probe(id);
+        }
+    }
+
+    /// Stops every probe loop (each ends after its current pass).
     pub(super) fn stop_probes(&self) {
-        self.probes.borrow_mut().clear();
+        self.probes_stopped.set(true);
     }
 }

@@ -97,7 +97,7 @@ impl Plane {
                 .into_iter()
                 .find(|b| b.backend.id == id)
             {
-                self.spawn_probe(b.backend, check);
+                self.spawn_probe(b.backend.id);
             }
         }
         let key = info.key.clone();

@@ -131,7 +131,8 @@ impl Plane {
         }
         self.set_config(new.clone());
         self.links.broadcast(|| ToWorker::Config(new.clone()));
-        // Restart the probes with the new settings and set.
+        // New backends get a probe loop; running loops read the new settings
+        // and checks on their next pass.
         self.restart_probes();
         // Cluster registrations a removed static server kept out.
         self.reapply_shadowed();

@@ -218,6 +218,14 @@ impl HealthBook {
         changed
     }
 
+    /// What backend `id` is and how it is checked now, if it is in the book.
+    pub fn probe_target(&self, id: BackendId) -> Option<(Arc<Backend>, CheckSpec)> {
+        self.entries
+            .iter()
+            .find(|e| e.backend.id == id)
+            .map(|e| (e.backend.clone(), e.check.clone()))
+    }
+
     /// True when every backend has had at least one active check.
     pub fn all_checked(&self) -> bool {
         self.entries
