@@ -101,6 +101,7 @@ pub async fn serve<R: Registration>(
                         backend: None,
                         from_backend: false,
                         response_bytes: resp.len() as u64,
+                        head_bytes: head_len(&resp) as u64,
                         retries: 0,
                     };
                     if w.access_log_on() {
@@ -150,7 +151,7 @@ pub async fn serve<R: Registration>(
             Finished {
                 method: Some(req.method),
                 served,
-                body_bytes: body_bytes(&served, &resp_out, req.method == Method::Head),
+                body_bytes: body_bytes(&served, req.method == Method::Head),
                 began: head_began.unwrap_or(started),
                 head_done: started,
                 request_bytes,
@@ -236,17 +237,14 @@ fn head_len(resp: &[u8]) -> usize {
 /// nothing: the head is not subtracted then (the count is high by the
 /// head's size) until the proxy reports head bytes itself. An error of our
 /// own has a canned body: its reason phrase and a newline.
-fn body_bytes(served: &Served, resp_out: &[u8], head_request: bool) -> u64 {
+fn body_bytes(served: &Served, head_request: bool) -> u64 {
     if served.response_bytes == 0 {
         return 0;
     }
     if served.from_backend {
-        let head = if resp_out.starts_with(b"HTTP/") {
-            head_len(resp_out)
-        } else {
-            0
-        };
-        return served.response_bytes.saturating_sub(head as u64);
+        // The relay recorded the head it sent; `resp_out` is reused for
+        // re-chunking a chunked body, so it cannot tell.
+        return served.response_bytes.saturating_sub(served.head_bytes);
     }
     if head_request {
         return 0;
@@ -342,6 +340,7 @@ mod tests {
             backend: None,
             from_backend,
             response_bytes,
+            head_bytes: 0,
             retries: 0,
         }
     }
@@ -352,10 +351,15 @@ mod tests {
             let r = canned::error_response(status, true);
             let body = (r.len() - head_len(&r)) as u64;
             let s = served(status, false, r.len() as u64);
-            assert_eq!(body_bytes(&s, &[], false), body, "{status}");
-            assert_eq!(body_bytes(&s, &[], true), 0, "{status} to HEAD");
+            assert_eq!(body_bytes(&s, false), body, "{status}");
+            assert_eq!(body_bytes(&s, true), 0, "{status} to HEAD");
         }
-        assert_eq!(body_bytes(&served(499, false, 0), &[], false), 0);
+        assert_eq!(body_bytes(&served(499, false, 0), false), 0);
+        // A backend's response: what was sent minus the head the relay
+        // recorded (a chunked relay reuses `resp_out`, so it cannot tell).
+        let mut s = served(200, true, 1_000);
+        s.head_bytes = 120;
+        assert_eq!(body_bytes(&s, false), 880);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct Served {
     pub from_backend: bool,
     /// Bytes sent to the client.
     pub response_bytes: u64,
+    /// Of those, the response head's (the access log counts body bytes).
+    pub head_bytes: u64,
     /// Retries made.
     pub retries: u32,
 }
@@ -88,6 +90,7 @@ impl Served {
             backend,
             from_backend: false,
             response_bytes: 0,
+            head_bytes: 0,
             retries: 0,
         }
     }
@@ -300,6 +303,7 @@ pub async fn handle(
                 backend: last_backend,
                 from_backend: false,
                 response_bytes: resp.len() as u64,
+                head_bytes: 0,
                 retries: retries_done,
             }
         }
@@ -432,7 +436,9 @@ async fn attempt(
         ex.body.consumed = true;
     }
 
-    // 3. Relay the response.
+    // 3. Relay the response. `resp_out` holds the rewritten head until the
+    // body relay reuses it.
+    let head_bytes = ex.resp_out.len() as u64;
     if head.switching {
         let bytes = tunnel(cx, ex, conn).await;
         return Attempt::Done(Served {
@@ -441,6 +447,7 @@ async fn attempt(
             backend: Some(backend.id),
             from_backend: true,
             response_bytes: bytes,
+            head_bytes,
             retries: 0,
         });
     }
@@ -459,6 +466,7 @@ async fn attempt(
                 backend: Some(backend.id),
                 from_backend: true,
                 response_bytes: bytes,
+                head_bytes,
                 retries: 0,
             })
         }
@@ -480,6 +488,7 @@ async fn attempt(
                 backend: Some(backend.id),
                 from_backend: true,
                 response_bytes: 0,
+                head_bytes: 0,
                 retries: 0,
             })
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use std::io::{Read, Write};
 
 /// Longest wait for lines to reach the log (they are flushed every 100 ms).
 const WAIT: Duration = Duration::from_secs(10);
@@ -258,6 +259,32 @@ fn json_lines_load_with_json_loads() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), entries.len(), "request ids repeat");
+}
+
+#[test]
+fn body_bytes_of_a_chunked_response_leave_the_head_out() {
+    // The relay reuses its output buffer to re-chunk a chunked body, so the
+    // head's size must be recorded when the head is sent, not read back
+    // from that buffer afterwards (it used to count the head as body).
+    let a = spawn_backend();
+    let file = temp_log();
+    let cfg = logging(&a, "custom", &file).with("access_log_format", "'$status $body_bytes_sent'");
+    let lb = spawn_balancer(&cfg, &[]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+    s.write_all(b"GET /chunked?bytes=5000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut wire = Vec::new();
+    s.read_to_end(&mut wire).unwrap();
+    let head = find(&wire, b"\r\n\r\n").expect("a head") + 4;
+    assert!(
+        String::from_utf8_lossy(&wire[..head])
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{:?}",
+        String::from_utf8_lossy(&wire[..head])
+    );
+    let lines = wait_lines(&file.path, 1);
+    assert_eq!(lines[0], format!("200 {}", wire.len() - head), "{lines:?}");
 }
 
 #[test]
