@@ -365,10 +365,8 @@ mod tests {
     #[test]
     fn relayed_bodies_are_counted_without_their_head() {
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-        let mut out = head.to_vec();
-        out.extend_from_slice(b"hel");
-        let s = served(200, true, head.len() as u64 + 5);
-        assert_eq!(body_bytes(&s, &out, false), 5);
-        assert_eq!(body_bytes(&s, head, false), 5);
+        let mut s = served(200, true, head.len() as u64 + 5);
+        s.head_bytes = head.len() as u64;
+        assert_eq!(body_bytes(&s, false), 5);
     }
 }
