@@ -10,7 +10,10 @@
 #                            # 14-minute mark of the old waker overflow
 #   tools/soak.sh 1800       # 30 min
 #
-# Environment: WARMUP (s, default 60) before the reference sample,
+# Environment: WARMUP (s, default a quarter of the run, at least 60) before
+# the samples that are judged: the backend keep-alive pools grow to the
+# concurrency peaks of the last `keepalive_timeout` for several minutes
+# before they hold steady,
 # RATE (req/s, default 2000, open loop with ekilibri-loadgen; 0 runs wrk
 # flat out instead), CONNECTIONS (default 32), WORKERS (default: CPUs),
 # KILL_EVERY (s, default 60; 0 never kills), RELOAD_EVERY (s, default 60),
@@ -32,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration="${1:-1200}"
-warmup="${WARMUP:-60}"
+warmup="${WARMUP:-$(( ${1:-1200} / 4 > 60 ? ${1:-1200} / 4 : 60 ))}"
 conns="${CONNECTIONS:-32}"
 growth="${GROWTH_PCT:-20}"
 interval="${INTERVAL:-10}"
