@@ -63,8 +63,9 @@ fn round_robin_is_fair_with_two_workers_and_new_connections() {
     }
 }
 
-#[test]
-fn weighted_round_robin_follows_weights_exactly() {
+/// Two backends of weights 1 and 2 under `strategy`, one worker: the
+/// backends and the ports of 30 requests on one connection.
+fn picks_with_weights_1_2(strategy: &str) -> (Vec<Backend>, Vec<u16>) {
     let backends = spawn_backends(2);
     let servers = format!(
         "[{{ address = \"127.0.0.1:{}\", weight = 1 }}, {{ address = \"127.0.0.1:{}\", weight = 2 }}]",
@@ -72,10 +73,16 @@ fn weighted_round_robin_follows_weights_exactly() {
     );
     let config = Config::for_backends(&backends)
         .with("servers", &servers)
-        .strategy("WeightedRoundRobin")
+        .strategy(strategy)
         .with("workers", "1");
     let balancer = spawn_balancer(&config, &[]);
     let seq = ports_on_one_connection(&balancer, 30);
+    (backends, seq)
+}
+
+#[test]
+fn weighted_round_robin_follows_weights_exactly() {
+    let (backends, seq) = picks_with_weights_1_2("WeightedRoundRobin");
     let counts = count(&seq);
     assert_eq!(counts.get(&backends[0].port), Some(&10), "{seq:?}");
     assert_eq!(counts.get(&backends[1].port), Some(&20), "{seq:?}");
@@ -90,17 +97,7 @@ fn weighted_round_robin_follows_weights_exactly() {
 fn round_robin_honours_weights() {
     // nginx's and HAProxy's round robin weigh servers; so does ours (it
     // used to rotate strictly and ignore weights: 1:2 came out 15:15).
-    let backends = spawn_backends(2);
-    let servers = format!(
-        "[{{ address = \"127.0.0.1:{}\", weight = 1 }}, {{ address = \"127.0.0.1:{}\", weight = 2 }}]",
-        backends[0].port, backends[1].port
-    );
-    let config = Config::for_backends(&backends)
-        .with("servers", &servers)
-        .strategy("RoundRobin")
-        .with("workers", "1");
-    let balancer = spawn_balancer(&config, &[]);
-    let seq = ports_on_one_connection(&balancer, 30);
+    let (backends, seq) = picks_with_weights_1_2("RoundRobin");
     let counts = count(&seq);
     assert_eq!(counts.get(&backends[0].port), Some(&10), "{seq:?}");
     assert_eq!(counts.get(&backends[1].port), Some(&20), "{seq:?}");

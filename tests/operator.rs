@@ -688,14 +688,7 @@ fn a_busy_port_names_its_key() {
 /// this command prefix.
 fn check_with(env: &[(&str, &str)], prefix: &[&str], toml: &str) -> (Option<i32>, String) {
     let file = write_temp_file(toml, ".toml");
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(BALANCER_BIN);
-            c
-        }
-        None => Command::new(BALANCER_BIN),
-    };
+    let mut cmd = balancer_command(prefix);
     let out = cmd
         .arg("-f")
         .arg(&file.path)

@@ -408,14 +408,7 @@ pub fn spawn_balancer_with(
     prefix: &[&str],
 ) -> Balancer {
     let file = write_temp_file(toml, ".toml");
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(BALANCER_BIN);
-            c
-        }
-        None => Command::new(BALANCER_BIN),
-    };
+    let mut cmd = balancer_command(prefix);
     cmd.arg("-f")
         .arg(&file.path)
         .args(extra_args)
@@ -437,6 +430,19 @@ pub fn spawn_balancer_with(
         stderr: stderr_lines,
         stdout: stdout_lines,
         config: file,
+    }
+}
+
+/// A command that runs the balancer binary, behind `prefix` when one is
+/// given (e.g. `["prlimit", "--nofile=256:256"]`).
+pub fn balancer_command(prefix: &[&str]) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BALANCER_BIN);
+            c
+        }
+        None => Command::new(BALANCER_BIN),
     }
 }
 
