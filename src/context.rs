@@ -29,7 +29,7 @@ use crate::access_log::WorkerLog;
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
 use crate::balancer::{self, Balancer, Rng};
-use crate::config::Config;
+use crate::config::{BackendLimits, Config, PoolConfig};
 use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Snapshot};
 use crate::messages::FromWorker;
 use crate::metrics::WorkerMetrics;
@@ -60,8 +60,9 @@ pub struct Context {
     /// only core-local memory, never the shared `Arc` count.
     #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
-    balancer: RefCell<Box<dyn Balancer>>,
-    /// Idle keep-alive connections to the backends.
+    /// One lane per configured pool, in the configuration's order.
+    lanes: RefCell<Vec<Lane>>,
+    /// Idle keep-alive connections to the backends of every pool.
     pub pool: RefCell<Pool>,
     /// Passive failure reports and metrics to the control executor; the
     /// worker's control loop answers scrapes through it too.
@@ -88,10 +89,48 @@ pub struct Context {
     slots: RefCell<Vec<Option<Rc<Semaphore>>>>,
     /// Requests waiting for a slot, by backend id.
     waiting: RefCell<Vec<usize>>,
-    /// Retry budget of this worker.
-    pub budget: RefCell<RetryBudget>,
     /// Randomness for retry jitter.
     pub rng: RefCell<Rng>,
+}
+
+/// One pool as this worker routes it: the part of the snapshot that is the
+/// pool's backends, its balancer and its retry budget.
+struct Lane {
+    /// The pool's name (lanes are matched by name across reloads).
+    name: String,
+    /// This pool's backends only; balancer indices point into it.
+    #[allow(clippy::redundant_allocation)]
+    snapshot: Rc<Arc<Snapshot>>,
+    balancer: Box<dyn Balancer>,
+    budget: Rc<RefCell<RetryBudget>>,
+}
+
+impl Lane {
+    fn new(pool: &PoolConfig, id: usize, all: &Snapshot) -> Lane {
+        let mut lane = Lane {
+            name: pool.name.clone(),
+            snapshot: Rc::new(Arc::new(Snapshot::default())),
+            balancer: balancer::new(pool.strategy, balancer_seed(id)),
+            budget: Rc::new(RefCell::new(RetryBudget::new(pool.retry.budget))),
+        };
+        lane.update(all);
+        lane
+    }
+
+    /// Takes this pool's backends out of `all` and updates the balancer.
+    fn update(&mut self, all: &Snapshot) {
+        let mine = Snapshot {
+            version: all.version,
+            backends: all
+                .backends
+                .iter()
+                .filter(|b| *b.backend.pool == *self.name)
+                .cloned()
+                .collect(),
+        };
+        self.balancer.update(&mine);
+        self.snapshot = Rc::new(Arc::new(mine));
+    }
 }
 
 /// Why a request could not get a backend slot.
@@ -137,15 +176,17 @@ impl Context {
         reports: ConnectedSender<FromWorker>,
         access: WorkerLog,
     ) -> Self {
-        let mut bal = balancer::new(config.strategy, balancer_seed(id));
-        bal.update(&first);
-        let pool = Pool::new(config.pool_size, Some(config.keepalive_timeout));
+        let lanes = config
+            .pools
+            .iter()
+            .map(|p| Lane::new(p, id, &first))
+            .collect();
         Context {
             id,
             config: RefCell::new(Rc::new(config.clone())),
             snapshot: RefCell::new(Rc::new(first)),
-            balancer: RefCell::new(bal),
-            pool: RefCell::new(pool),
+            lanes: RefCell::new(lanes),
+            pool: RefCell::new(Pool::new(Some(config.keepalive_timeout))),
             reports,
             draining: Cell::new(false),
             soft_drain: Cell::new(false),
@@ -156,7 +197,6 @@ impl Context {
             trials: RefCell::new(Vec::new()),
             slots: RefCell::new(Vec::new()),
             waiting: RefCell::new(Vec::new()),
-            budget: RefCell::new(RetryBudget::new(config.retry_budget)),
             rng: RefCell::new(Rng::new(0xb0ff ^ id as u64)),
         }
     }
@@ -167,27 +207,77 @@ impl Context {
         self.config.borrow().clone()
     }
 
-    /// Applies a reloaded configuration: a new balancer if the strategy
-    /// changed, the pool's new capacity, a fresh retry budget.
+    /// Applies a reloaded configuration: lanes for added pools, none for
+    /// removed ones, a new balancer where a pool's strategy changed, each
+    /// pool's new idle capacity and a fresh retry budget.
     pub fn apply_config(&self, new: Arc<Config>) {
         let old = self.config();
         let new = Rc::new((*new).clone());
-        if new.strategy != old.strategy {
-            let mut bal = balancer::new(new.strategy, balancer_seed(self.id));
-            bal.update(&self.snapshot.borrow());
-            *self.balancer.borrow_mut() = bal;
+        let all = self.snapshot();
+        {
+            let mut lanes = self.lanes.borrow_mut();
+            let mut next = Vec::with_capacity(new.pools.len());
+            for p in &new.pools {
+                let before = old.pool_named(&p.name).map(|(_, o)| o);
+                let kept = lanes.iter().position(|l| l.name == p.name);
+                let lane = match (kept, before) {
+                    (Some(i), Some(o)) if o.strategy == p.strategy => {
+                        let l = lanes.swap_remove(i);
+                        *l.budget.borrow_mut() = RetryBudget::new(p.retry.budget);
+                        l
+                    }
+                    _ => Lane::new(p, self.id, &all),
+                };
+                next.push(lane);
+            }
+            *lanes = next;
         }
-        if new.pool_size != old.pool_size {
-            self.pool.borrow_mut().set_capacity(new.pool_size);
+        {
+            let mut pool = self.pool.borrow_mut();
+            for b in all.backends.iter() {
+                if let Some((_, p)) = new.pool_named(&b.backend.pool) {
+                    pool.trim(b.backend.id, p.pool_size);
+                } else {
+                    pool.clear(b.backend.id);
+                }
+            }
         }
-        if new.max_connections != old.max_connections {
+        let limits_changed = new.pools.iter().any(|p| {
+            old.pool_named(&p.name)
+                .is_none_or(|(_, o)| o.limits.max_connections != p.limits.max_connections)
+        });
+        if limits_changed {
             // Each share was sized from the old limit when first used;
             // permits in flight release into the semaphore they came from.
             self.slots.borrow_mut().clear();
         }
-        *self.budget.borrow_mut() = RetryBudget::new(new.retry_budget);
         *self.config.borrow_mut() = new;
         info!(target: LOG_TARGET, worker = self.id, "configuration reloaded");
+    }
+
+    /// Runs `f` on the lane of pool `name`, expected at index `lane` (the
+    /// pool's index in the configuration the request started with; after
+    /// a reload that moved it, found by name). `None` when the pool is gone.
+    fn with_lane<R>(&self, lane: usize, name: &str, f: impl FnOnce(&mut Lane) -> R) -> Option<R> {
+        let mut lanes = self.lanes.borrow_mut();
+        let i = match lanes.get(lane) {
+            Some(l) if l.name == name => lane,
+            _ => lanes.iter().position(|l| l.name == name)?,
+        };
+        lanes.get_mut(i).map(f)
+    }
+
+    /// The snapshot of pool `name`'s backends to route by (a core-local
+    /// `Rc` clone); empty when the pool is gone.
+    pub fn pool_snapshot(&self, lane: usize, name: &str) -> Rc<Arc<Snapshot>> {
+        self.with_lane(lane, name, |l| l.snapshot.clone())
+            .unwrap_or_else(|| Rc::new(Arc::new(Snapshot::default())))
+    }
+
+    /// The retry budget of pool `name` (a spent one when the pool is gone).
+    pub fn budget(&self, lane: usize, name: &str) -> Rc<RefCell<RetryBudget>> {
+        self.with_lane(lane, name, |l| l.budget.clone())
+            .unwrap_or_else(|| Rc::new(RefCell::new(RetryBudget::new(0.0))))
     }
 
     /// True while the access log is on (no reference count touched).
@@ -223,7 +313,9 @@ impl Context {
                 }
             }
         }
-        self.balancer.borrow_mut().update(&snap);
+        for lane in self.lanes.borrow_mut().iter_mut() {
+            lane.update(&snap);
+        }
         // Metrics of backends that left the set go with them.
         let live: Vec<BackendId> = snap.backends.iter().map(|b| b.backend.id).collect();
         self.metrics.retain_backends(&live);
@@ -237,14 +329,17 @@ impl Context {
         *self.snapshot.borrow_mut() = Rc::new(snap);
     }
 
-    /// Picks a backend index in `snapshot`.
+    /// Picks a backend index in `snapshot`, the snapshot of pool `name`.
     pub fn pick(
         &self,
+        lane: usize,
+        name: &str,
         snapshot: &Snapshot,
         client: IpAddr,
         exclude: Option<usize>,
     ) -> Option<usize> {
-        self.balancer.borrow_mut().pick(snapshot, client, exclude)
+        self.with_lane(lane, name, |l| l.balancer.pick(snapshot, client, exclude))
+            .flatten()
     }
 
     /// Reports a passive failure to the control executor without waiting; a
@@ -277,14 +372,18 @@ impl Context {
 
     /// Takes a half-open trial slot for `view`, if the breaker allows one
     /// more on this worker. Closed breakers need no slot (`Some(None)`).
-    pub fn try_trial(&self, view: &BackendView) -> Option<Option<TrialGuard<'_>>> {
+    pub fn try_trial(
+        &self,
+        pool: &PoolConfig,
+        view: &BackendView,
+    ) -> Option<Option<TrialGuard<'_>>> {
         if view.breaker != BreakerState::HalfOpen {
             return Some(None);
         }
         let idx = view.backend.id.0 as usize;
         let mut t = self.trials.borrow_mut();
         let n = slot_mut(&mut t, idx);
-        if *n >= self.config().breaker_half_open_requests {
+        if *n >= pool.breaker.half_open_requests {
             return None;
         }
         *n += 1;
@@ -293,8 +392,12 @@ impl Context {
 
     /// Waits for a `max_connections` slot on backend `id` (this worker's
     /// share), in a bounded queue with a timeout. `Ok(None)` when unlimited.
-    pub async fn acquire_slot(&self, id: BackendId) -> Result<Option<StaticPermit>, SlotError> {
-        if self.config().max_connections == 0 {
+    pub async fn acquire_slot(
+        &self,
+        limits: &BackendLimits,
+        id: BackendId,
+    ) -> Result<Option<StaticPermit>, SlotError> {
+        if limits.max_connections == 0 {
             return Ok(None);
         }
         let i = id.0 as usize;
@@ -302,10 +405,9 @@ impl Context {
             let mut slots = self.slots.borrow_mut();
             slot_mut(&mut slots, i)
                 .get_or_insert_with(|| {
-                    let share = self
-                        .config()
+                    let share = limits
                         .max_connections
-                        .div_ceil(self.config().workers as u32);
+                        .div_ceil(self.config.borrow().workers as u32);
                     Rc::new(Semaphore::new(u64::from(share.max(1))))
                 })
                 .clone()
@@ -316,12 +418,12 @@ impl Context {
         {
             let mut waiting = self.waiting.borrow_mut();
             let n = slot_mut(&mut waiting, i);
-            if *n >= self.config().queue_size {
+            if *n >= limits.queue_size {
                 return Err(SlotError::QueueFull);
             }
             *n += 1;
         }
-        let timeout = self.config().queue_timeout;
+        let timeout = limits.queue_timeout;
         let r =
             futures_lite::future::or(async { sem.acquire_static_permit(1).await.ok() }, async {
                 glommio::timer::sleep(timeout).await;

@@ -124,7 +124,8 @@ pub struct Needs {
     pub workers: usize,
     /// Backends.
     pub servers: usize,
-    /// Idle connections kept per backend per worker.
+    /// Idle connections kept per backend per worker (the largest of the
+    /// pools', so the estimate is an upper bound).
     pub pool_size: usize,
 }
 
@@ -133,8 +134,8 @@ impl Needs {
     pub fn from_config(config: &Config) -> Needs {
         Needs {
             workers: config.workers,
-            servers: config.servers.len(),
-            pool_size: config.pool_size,
+            servers: config.pools.iter().map(|p| p.servers.len()).sum(),
+            pool_size: config.pools.iter().map(|p| p.pool_size).max().unwrap_or(0),
         }
     }
 

@@ -38,8 +38,8 @@ pub enum ConfigError {
     Invalid {
         /// The file being validated.
         path: PathBuf,
-        /// The offending key.
-        key: &'static str,
+        /// The offending key (`pools.api.read_timeout` for a pool's key).
+        key: String,
         /// What is wrong with it.
         message: String,
     },

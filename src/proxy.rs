@@ -27,6 +27,7 @@
 
 use std::cell::Cell;
 use std::pin::pin;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ use tracing::debug;
 use crate::backend::pool::BackendConn;
 use crate::backend::{Backend, BackendId};
 use crate::buffer::IoBuf;
+use crate::config::{Config, PoolConfig};
 use crate::context::Context;
 use crate::error::{ErrorSource, ProxyError};
 use crate::health::BackendView;
@@ -126,7 +128,18 @@ pub async fn handle(
         _ => None,
     };
     c.buf.consume(req.head_len);
+    let cfg = cx.config();
+    // Routes are matched on the forwarded head: origin form, and a Host
+    // taken from an absolute-form target's authority.
+    let lane = if cfg.routes.is_empty() {
+        0
+    } else {
+        let (host, path) = crate::http::host_and_path(head_out);
+        cfg.route(host, path)
+    };
     let mut ex = Exchange {
+        cfg: cfg.clone(),
+        lane,
         client: c,
         req,
         head_out,
@@ -137,8 +150,9 @@ pub async fn handle(
             continue_sent: false,
         },
     };
-    cx.budget.borrow_mut().on_request();
-    let cfg = cx.config();
+    let pool = cfg.pools.get(lane).unwrap_or_else(|| cfg.default_pool());
+    let budget = cx.budget(lane, &pool.name);
+    budget.borrow_mut().on_request();
     let mut retries_done = 0u32;
     // Excluded by id, not index: the backend set may change between tries.
     let mut exclude: Option<BackendId> = None;
@@ -154,11 +168,11 @@ pub async fn handle(
     let result = loop {
         // Read the snapshot on every try: the balancer's indices refer to the
         // latest one, and a retry may come after a change of the backend set.
-        let snap = cx.snapshot();
+        let snap = cx.pool_snapshot(lane, &pool.name);
         let exclude_idx =
             exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
         let Some(view) = cx
-            .pick(&snap, ex.client.peer.ip(), exclude_idx)
+            .pick(lane, &pool.name, &snap, ex.client.peer.ip(), exclude_idx)
             .and_then(|idx| snap.backends.get(idx))
         else {
             break Err(unplaced(
@@ -170,7 +184,7 @@ pub async fn handle(
         let backend = &view.backend;
         last_backend = Some(backend.id);
         // A half-open breaker lets a bounded number of trials through.
-        let Some(_trial) = cx.try_trial(view) else {
+        let Some(_trial) = cx.try_trial(pool, view) else {
             skipped += 1;
             if skipped >= snap.backends.len() {
                 break Err(unplaced(
@@ -182,7 +196,7 @@ pub async fn handle(
             exclude = Some(backend.id);
             continue;
         };
-        let _slot = match cx.acquire_slot(backend.id).await {
+        let _slot = match cx.acquire_slot(&pool.limits, backend.id).await {
             Ok(p) => p,
             Err(e) => {
                 debug!(backend = %backend.name, "no connection slot: {e:?}");
@@ -193,7 +207,7 @@ pub async fn handle(
                 ));
             }
         };
-        let _inflight = cfg
+        let _inflight = pool
             .strategy
             .needs_inflight()
             .then(|| backend.start_request());
@@ -205,7 +219,7 @@ pub async fn handle(
         };
         let conn = match pooled {
             Some(conn) => Ok(conn),
-            None => connect(cx, backend).await,
+            None => connect(cx, pool, backend).await,
         };
         let outcome = match conn {
             Ok(conn) => attempt(cx, &mut ex, conn, view).await,
@@ -240,17 +254,17 @@ pub async fn handle(
                     cx.report_failure(backend.id, kind);
                 }
                 let can_retry = retry_safe
-                    && retries_done < cfg.retries
+                    && retries_done < pool.retry.retries
                     && e.source_side() == ErrorSource::Backend
-                    && cx.budget.borrow_mut().try_spend(Instant::now());
+                    && budget.borrow_mut().try_spend(Instant::now());
                 if !can_retry {
                     break Err(e);
                 }
                 debug!(backend = %backend.name, "retrying after: {e}");
                 let delay = backoff(
                     retries_done,
-                    cfg.retry_backoff,
-                    cfg.retry_backoff_max,
+                    pool.retry.backoff,
+                    pool.retry.backoff_max,
                     &mut cx.rng.borrow_mut(),
                 );
                 retries_done += 1;
@@ -330,6 +344,11 @@ fn unplaced(
 /// One client request's exchange: what every try on a backend reads and
 /// updates, passed by `&mut` from try to try.
 struct Exchange<'a> {
+    /// The configuration the request is served by, from start to end (a
+    /// reload meanwhile applies to the next request).
+    cfg: Rc<Config>,
+    /// Index of the request's pool in `cfg.pools`.
+    lane: usize,
     /// The client connection the request came on.
     client: &'a mut Client,
     /// The parsed request head.
@@ -346,6 +365,16 @@ struct Exchange<'a> {
     body: BodyState,
 }
 
+impl Exchange<'_> {
+    /// The settings of the request's pool.
+    fn pool(&self) -> &PoolConfig {
+        self.cfg
+            .pools
+            .get(self.lane)
+            .unwrap_or_else(|| self.cfg.default_pool())
+    }
+}
+
 /// What has happened to the client's request body so far.
 struct BodyState {
     /// The body has been read from the client (not replayable).
@@ -354,9 +383,13 @@ struct BodyState {
     continue_sent: bool,
 }
 
-async fn connect(cx: &Context, backend: &Backend) -> Result<BackendConn, ProxyError> {
+async fn connect(
+    cx: &Context,
+    pool: &PoolConfig,
+    backend: &Backend,
+) -> Result<BackendConn, ProxyError> {
     let cfg = cx.config();
-    let stream = TcpStream::connect_timeout(backend.addr, cfg.connection_timeout)
+    let stream = TcpStream::connect_timeout(backend.addr, pool.timeouts.connect)
         .await
         .map_err(|e| {
             let e = std::io::Error::from(e);
@@ -367,8 +400,8 @@ async fn connect(cx: &Context, backend: &Backend) -> Result<BackendConn, ProxyEr
             }
         })?;
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(cfg.read_timeout));
-    let _ = stream.set_write_timeout(Some(cfg.write_timeout));
+    let _ = stream.set_read_timeout(Some(pool.timeouts.read));
+    let _ = stream.set_write_timeout(Some(pool.timeouts.write));
     Ok(BackendConn::new(stream, cfg.max_header_bytes))
 }
 
@@ -386,7 +419,7 @@ async fn attempt(
     let may_retry_stale = conn.reused && replayable && idempotent;
     // Safe to send again elsewhere: nothing of a response arrived, the body
     // is still ours, and repeating the method is harmless (or allowed).
-    let retry_safe = replayable && (idempotent || cx.config().retry_non_idempotent);
+    let retry_safe = replayable && (idempotent || ex.pool().retry.non_idempotent);
 
     // 1. Send the head and the body.
     if let Err(e) = send_request(cx, ex, &mut conn).await {
@@ -458,7 +491,8 @@ async fn attempt(
                 cx.report_success(view);
             }
             if head.backend_keep_alive && conn.buf.is_empty() {
-                cx.pool.borrow_mut().put(backend.id, conn);
+                let keep = ex.pool().pool_size;
+                cx.pool.borrow_mut().put(backend.id, conn, keep);
             }
             Attempt::Done(Served {
                 keep: head.client_keep_alive,
@@ -862,6 +896,7 @@ async fn copy_chunked(
 /// [`Config::read_timeout`]: crate::config::Config::read_timeout
 /// [`Config::client_body_timeout`]: crate::config::Config::client_body_timeout
 async fn tunnel(cx: &Context, ex: &mut Exchange<'_>, mut conn: BackendConn) -> u64 {
+    let read_timeout = ex.pool().timeouts.read;
     let c = &mut *ex.client;
     let resp_out = &mut *ex.resp_out;
     resp_out.extend_from_slice(conn.buf.filled());
@@ -913,7 +948,7 @@ async fn tunnel(cx: &Context, ex: &mut Exchange<'_>, mut conn: BackendConn) -> u
                 down.as_mut().await;
                 false
             };
-            future::or(rest, idle_timer(&active, cfg.read_timeout)).await
+            future::or(rest, idle_timer(&active, read_timeout)).await
         }
         (Direction::Down, true) => {
             let rest = async {

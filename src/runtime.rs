@@ -411,11 +411,16 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
     };
 
     let backends: Vec<Arc<Backend>> = config
-        .servers
+        .pools
         .iter()
+        .flat_map(|p| {
+            let pool: Arc<str> = p.name.as_str().into();
+            p.servers.iter().map(move |s| (pool.clone(), s))
+        })
         .enumerate()
-        .map(|(i, s)| {
-            Arc::new(Backend::new(
+        .map(|(i, (pool, s))| {
+            Arc::new(Backend::in_pool(
+                pool,
                 BackendId(i as u32),
                 s.name.clone(),
                 s.addr,
@@ -610,15 +615,22 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), RuntimeError> {
         }
     }
     if ready == n {
+        let pools: Vec<String> = config
+            .pools
+            .iter()
+            .map(|p| {
+                let names: Vec<&str> = p.servers.iter().map(|s| s.name.as_str()).collect();
+                format!(
+                    "pool {} strategy {:?} backends [{}]",
+                    p.name,
+                    p.strategy,
+                    names.join(", ")
+                )
+            })
+            .collect();
         info!(
-            "ekilibri listening on {local} with {n} workers, strategy {:?}, backends [{}]",
-            config.strategy,
-            config
-                .servers
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "ekilibri listening on {local} with {n} workers, {}",
+            pools.join("; ")
         );
         if let Some(a) = admin_addr {
             info!("admin API (metrics, servers, reload) at http://{a}/");

@@ -282,6 +282,7 @@ fn spec_of(
         Some(t) => Some(cluster::check_ttl(t).map_err(bad)?),
     };
     Ok(Spec {
+        pool: crate::config::DEFAULT_POOL.to_string(),
         addr,
         weight,
         check,

@@ -25,6 +25,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Relative share for weighted strategies.
     pub weight: u32,
+    /// The pool it serves (`default` for the top-level `servers`). The same
+    /// address in two pools is two backends, each with its own health.
+    pub pool: std::sync::Arc<str>,
     /// Requests in flight to this backend across all workers. Only touched
     /// by strategies that need it (LeastConnections, PowerOfTwoChoices): one
     /// atomic add and sub per request on a line shared by the workers.
@@ -32,13 +35,25 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend with no requests in flight.
+    /// A backend of the default pool with no requests in flight.
     pub fn new(id: BackendId, name: String, addr: SocketAddr, weight: u32) -> Self {
+        Self::in_pool(crate::config::DEFAULT_POOL.into(), id, name, addr, weight)
+    }
+
+    /// A backend of pool `pool`.
+    pub fn in_pool(
+        pool: std::sync::Arc<str>,
+        id: BackendId,
+        name: String,
+        addr: SocketAddr,
+        weight: u32,
+    ) -> Self {
         Backend {
             id,
             name,
             addr,
             weight,
+            pool,
             inflight: AtomicUsize::new(0),
         }
     }

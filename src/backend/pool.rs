@@ -82,28 +82,25 @@ pub struct Pool {
     slots: Vec<VecDeque<BackendConn>>,
     /// Read buffers of idle connections, for the next reused one.
     spare: Vec<Vec<u8>>,
-    capacity: usize,
     idle_timeout: Option<Duration>,
 }
 
 impl Pool {
-    /// A pool keeping up to `capacity` idle connections per backend, each for
-    /// at most `idle_timeout`.
-    pub fn new(capacity: usize, idle_timeout: Option<Duration>) -> Self {
+    /// A pool keeping idle connections per backend, each for at most
+    /// `idle_timeout`; how many per backend is the caller's (each backend's
+    /// pool has its own `pool_size`).
+    pub fn new(idle_timeout: Option<Duration>) -> Self {
         Pool {
             slots: Vec::new(),
             spare: Vec::new(),
-            capacity,
             idle_timeout,
         }
     }
 
-    /// Changes the idle capacity per backend (on reload); extra idle
-    /// connections are dropped.
-    pub fn set_capacity(&mut self, capacity: usize) {
-        self.capacity = capacity;
-        for slot in &mut self.slots {
-            // Keep the most recently used ones (the back of the stack).
+    /// Drops idle connections to `id` beyond `capacity` (a reload lowered
+    /// its pool's `pool_size`), keeping the most recently used.
+    pub fn trim(&mut self, id: BackendId, capacity: usize) {
+        if let Some(slot) = self.slots.get_mut(id.0 as usize) {
             while slot.len() > capacity {
                 slot.pop_front();
             }
@@ -134,8 +131,9 @@ impl Pool {
         None
     }
 
-    /// Returns a connection for reuse; drops it when the backend's slot is full.
-    pub fn put(&mut self, id: BackendId, mut conn: BackendConn) {
+    /// Returns a connection for reuse; drops it when the backend already
+    /// keeps `capacity` idle ones.
+    pub fn put(&mut self, id: BackendId, mut conn: BackendConn, capacity: usize) {
         let i = id.0 as usize;
         if self.slots.len() <= i {
             self.slots.resize_with(i + 1, VecDeque::new);
@@ -151,7 +149,7 @@ impl Pool {
                 slot.pop_front();
             }
         }
-        if slot.len() < self.capacity {
+        if slot.len() < capacity {
             conn.buf.clear();
             let storage = conn.buf.release();
             // Grown buffers (large heads) are not kept: they go back to the
@@ -194,7 +192,7 @@ mod tests {
         LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let id = BackendId(0);
-                let mut pool = Pool::new(8, Some(Duration::from_millis(50)));
+                let mut pool = Pool::new(Some(Duration::from_millis(50)));
                 let mut conns = Vec::new();
                 for _ in 0..4 {
                     let s = TcpStream::connect(addr).await.unwrap();
@@ -202,7 +200,7 @@ mod tests {
                 }
                 let last = conns.pop().unwrap();
                 for c in conns {
-                    pool.put(id, c);
+                    pool.put(id, c, 8);
                 }
                 assert_eq!(pool.idle(id), 3);
                 // Idle connections hold no buffer; three were stashed.
@@ -211,7 +209,7 @@ mod tests {
                 glommio::timer::sleep(Duration::from_millis(80)).await;
                 // The burst's connections expired: returning one more drops
                 // them from the bottom of the stack.
-                pool.put(id, last);
+                pool.put(id, last, 8);
                 assert_eq!(pool.idle(id), 1);
                 // A reused connection gets a stashed buffer back.
                 let c = pool.take(id).expect("the fresh one");

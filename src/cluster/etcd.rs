@@ -403,7 +403,7 @@ async fn write(
     let err = |e: etcd_client::Error| describe(&e);
     match op {
         Op::Create(spec) => {
-            let key = key_for(&config.prefix, spec.addr);
+            let key = key_for(&config.prefix, &spec.pool, spec.addr);
             let lease = match spec.ttl {
                 Some(ttl) => c.lease_grant(ttl as i64, None).await.map_err(err)?.id(),
                 None => 0,
@@ -432,7 +432,7 @@ async fn write(
             }))
         }
         Op::Upsert(spec) => {
-            let key = key_for(&config.prefix, spec.addr);
+            let key = key_for(&config.prefix, &spec.pool, spec.addr);
             let value = spec.to_value();
             let current = c.get(key.as_str(), None).await.map_err(err)?;
             let existing = current.kvs().first().map(|kv| {
@@ -487,8 +487,8 @@ async fn write(
                 WriteOutcome::Created(item)
             })
         }
-        Op::Delete(addr) => {
-            let key = key_for(&config.prefix, addr);
+        Op::Delete(pool, addr) => {
+            let key = key_for(&config.prefix, &pool, addr);
             let resp = c.delete(key.as_str(), None).await.map_err(err)?;
             if resp.deleted() == 0 {
                 Ok(WriteOutcome::NotFound)

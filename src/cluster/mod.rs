@@ -6,7 +6,8 @@
 //! executor owns what is *applied*: it receives [`Event`]s, turns them into
 //! backend additions and removals, and sends [`Command`]s for admin writes.
 //!
-//! A registration lives at `<prefix>servers/<ip:port>`; its value is
+//! A registration of the default pool lives at `<prefix>servers/<ip:port>`,
+//! one of pool NAME at `<prefix>pools/NAME/servers/<ip:port>`; its value is
 //! [`Registration`] as JSON. A registration with a TTL is attached to an
 //! etcd lease, so it disappears from every instance when its heartbeats
 //! stop. Static `servers` from the file are never written to etcd.
@@ -69,6 +70,8 @@ pub struct CheckValue {
 /// A registration as the control executor applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
+    /// The pool it joins (`default`: the top-level `servers`' pool).
+    pub pool: String,
     /// The backend's address.
     pub addr: SocketAddr,
     /// Balancing weight.
@@ -141,13 +144,16 @@ impl Spec {
 
     /// Parses and checks a value read from etcd under `key`.
     pub fn from_value(prefix: &str, key: &str, value: &[u8]) -> Result<Spec, String> {
+        let pool = pool_of_key(prefix, key)
+            .ok_or_else(|| "not a registration key (servers/ or pools/NAME/servers/)".to_string())?
+            .to_string();
         let r: Registration =
             serde_json::from_slice(value).map_err(|e| format!("not a registration: {e}"))?;
         let addr: SocketAddr = r
             .address
             .parse()
             .map_err(|_| format!("address `{}` is not ip:port", r.address))?;
-        let expected = key_for(prefix, addr);
+        let expected = key_for(prefix, &pool, addr);
         if key != expected {
             return Err(format!(
                 "the key does not match the address `{}` (expected key `{expected}`)",
@@ -163,6 +169,7 @@ impl Spec {
             Some(t) => Some(check_ttl(t)?),
         };
         Ok(Spec {
+            pool,
             addr,
             weight: check_weight(r.weight)?,
             check,
@@ -171,14 +178,30 @@ impl Spec {
     }
 }
 
-/// The etcd key of the registration of `addr`.
-pub fn key_for(prefix: &str, addr: SocketAddr) -> String {
-    format!("{prefix}servers/{addr}")
+/// The etcd key of the registration of `addr` in pool `pool`.
+pub fn key_for(prefix: &str, pool: &str, addr: SocketAddr) -> String {
+    if pool == crate::config::DEFAULT_POOL {
+        format!("{prefix}servers/{addr}")
+    } else {
+        format!("{prefix}pools/{pool}/servers/{addr}")
+    }
 }
 
-/// The range every instance reads and watches.
+/// The pool a registration key belongs to, `None` when `key` is not a
+/// registration key under `prefix`.
+pub fn pool_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(prefix)?;
+    if rest.starts_with("servers/") {
+        return Some(crate::config::DEFAULT_POOL);
+    }
+    let (pool, tail) = rest.strip_prefix("pools/")?.split_once('/')?;
+    (tail.starts_with("servers/") && !pool.is_empty()).then_some(pool)
+}
+
+/// The range every instance reads and watches: the whole prefix (each
+/// pool's registrations are under it).
 pub fn servers_prefix(prefix: &str) -> String {
-    format!("{prefix}servers/")
+    prefix.to_string()
 }
 
 /// One key as read from etcd.
@@ -246,8 +269,8 @@ pub enum Op {
     Create(Spec),
     /// Create, replace or renew the registration.
     Upsert(Spec),
-    /// Delete the registration of this address.
-    Delete(SocketAddr),
+    /// Delete the registration of this address in this pool.
+    Delete(String, SocketAddr),
 }
 
 /// control executor -> etcd thread: one admin write and where to answer.
@@ -319,22 +342,28 @@ mod tests {
     #[test]
     fn values_round_trip() {
         let s = Spec {
+            pool: "default".into(),
             addr: "127.0.0.1:9001".parse().unwrap(),
             weight: 3,
             check: Some(CheckSpec::Http("/ping".into())),
             ttl: Some(5),
         };
-        let key = key_for(P, s.addr);
+        let key = key_for(P, "default", s.addr);
         assert_eq!(key, "/ekilibri/t/servers/127.0.0.1:9001");
         assert_eq!(Spec::from_value(P, &key, &s.to_value()), Ok(s));
         let v6 = Spec {
+            pool: "api".into(),
             addr: "[::1]:80".parse().unwrap(),
             weight: 1,
             check: Some(CheckSpec::Tcp),
             ttl: None,
         };
-        let key = key_for(P, v6.addr);
+        let key = key_for(P, "api", v6.addr);
+        assert_eq!(key, "/ekilibri/t/pools/api/servers/[::1]:80");
         assert_eq!(Spec::from_value(P, &key, &v6.to_value()), Ok(v6));
+        assert_eq!(pool_of_key(P, "/ekilibri/t/pools/x/other"), None);
+        assert_eq!(pool_of_key(P, "/ekilibri/t/leader"), None);
+        assert_eq!(pool_of_key(P, "/other/servers/1.2.3.4:5"), None);
     }
 
     #[test]

@@ -68,7 +68,9 @@ impl Api for Handle {
         id: Option<BackendId>,
         addr: Option<SocketAddr>,
     ) -> Result<(), Refusal> {
-        self.0.deregister(id, addr).await
+        self.0
+            .deregister(id, crate::config::DEFAULT_POOL, addr)
+            .await
     }
 
     fn reload(&self) -> Result<String, String> {

@@ -176,6 +176,7 @@ impl Plane {
     /// its id. It enters rotation once its first check passes.
     pub fn add_backend(
         self: &Rc<Self>,
+        pool: &str,
         name: String,
         addr: SocketAddr,
         weight: u32,
@@ -183,7 +184,7 @@ impl Plane {
         source: Source,
     ) -> BackendId {
         let id = self.next_backend_id();
-        let backend = Arc::new(Backend::new(id, name, addr, weight));
+        let backend = Arc::new(Backend::in_pool(pool.into(), id, name, addr, weight));
         self.book
             .borrow_mut()
             .add(backend.clone(), check.clone(), source);

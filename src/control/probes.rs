@@ -30,21 +30,22 @@ pub async fn probe_loop(plane: Rc<Plane>, id: BackendId) {
             break;
         };
         let config = plane.config();
+        // A backend is probed by its pool's settings (a pool removed by a
+        // reload takes its backends with it; until then, the default's).
+        let pool = config
+            .pool_named(&backend.pool)
+            .map_or(config.default_pool(), |(_, p)| p);
+        let (connect, timeout) = (pool.timeouts.connect, pool.health.timeout);
+        let interval = pool.health.interval;
         let result = match &check {
             CheckSpec::Http(path) => {
                 let request = format!(
                     "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-health\r\nConnection: close\r\n\r\n",
                     backend.name
                 );
-                probe(
-                    backend.addr,
-                    request.as_bytes(),
-                    config.connection_timeout,
-                    config.health_check_timeout,
-                )
-                .await
+                probe(backend.addr, request.as_bytes(), connect, timeout).await
             }
-            CheckSpec::Tcp => probe_tcp(backend.addr, config.health_check_timeout).await,
+            CheckSpec::Tcp => probe_tcp(backend.addr, timeout).await,
         };
         let flipped = {
             let mut book = plane.book.borrow_mut();
@@ -62,7 +63,7 @@ pub async fn probe_loop(plane: Rc<Plane>, id: BackendId) {
             }
             plane.publish();
         }
-        glommio::timer::sleep(config.health_check_interval).await;
+        glommio::timer::sleep(interval).await;
     }
     plane.probes.borrow_mut().remove(&id);
 }

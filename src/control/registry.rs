@@ -46,18 +46,18 @@ fn unavailable(e: &str) -> Refusal {
 impl Plane {
     /// The effective check of a registration.
     fn effective_check(&self, spec: &Spec) -> CheckSpec {
-        spec.check
-            .clone()
-            .unwrap_or_else(|| CheckSpec::Http(self.config().health_check_path.clone()))
+        spec.check.clone().unwrap_or_else(|| {
+            CheckSpec::Http(self.book.borrow().check_path(&spec.pool).to_string())
+        })
     }
 
-    /// The backend at `addr`, with its source.
-    pub fn find_addr(&self, addr: SocketAddr) -> Option<(BackendId, Source)> {
+    /// The backend at `addr` in pool `pool`, with its source.
+    pub fn find_addr(&self, pool: &str, addr: SocketAddr) -> Option<(BackendId, Source)> {
         self.book
             .borrow()
             .views()
             .iter()
-            .find(|b| b.backend.addr == addr)
+            .find(|b| b.backend.addr == addr && *b.backend.pool == *pool)
             .map(|b| (b.backend.id, b.source))
     }
 
@@ -69,7 +69,14 @@ impl Plane {
         key: Option<String>,
     ) -> BackendId {
         let check = self.effective_check(spec);
-        let id = self.add_backend(spec.address(), spec.addr, spec.weight, check, source);
+        let id = self.add_backend(
+            &spec.pool,
+            spec.address(),
+            spec.addr,
+            spec.weight,
+            check,
+            source,
+        );
         self.book.borrow_mut().set_registration(id, key, spec.ttl);
         id
     }
@@ -83,7 +90,13 @@ impl Plane {
             return false;
         };
         if info.backend.weight != spec.weight {
-            let b = Arc::new(Backend::new(id, spec.address(), spec.addr, spec.weight));
+            let b = Arc::new(Backend::in_pool(
+                info.backend.pool.clone(),
+                id,
+                spec.address(),
+                spec.addr,
+                spec.weight,
+            ));
             self.book.borrow_mut().replace_backend(id, b);
             publish = true;
         }
@@ -114,10 +127,11 @@ impl Plane {
         mode: Mode,
     ) -> Result<(u16, BackendId), Refusal> {
         let addr = spec.addr;
+        let pool = spec.pool.clone();
         if let Some(why) = self.own.refusal(&spec.address(), &[addr]) {
             return Err((400, why));
         }
-        match self.find_addr(addr) {
+        match self.find_addr(&pool, addr) {
             Some((_, Source::Config)) => {
                 let status = if mode == Mode::Create { 400 } else { 409 };
                 return Err((
@@ -153,7 +167,7 @@ impl Plane {
             Ok(WriteOutcome::Renewed) => 200,
             Ok(other) => return Err((500, format!("unexpected answer from etcd: {other:?}"))),
         };
-        match self.find_addr(addr) {
+        match self.find_addr(&pool, addr) {
             Some((id, Source::Etcd)) => Ok((status, id)),
             _ => Err((
                 500,
@@ -165,7 +179,7 @@ impl Plane {
     async fn register_locally(self: &Rc<Self>, spec: Spec) -> (u16, BackendId) {
         let mut publish = false;
         let deadline = spec.ttl.map(|t| Instant::now() + Duration::from_secs(t));
-        let (status, id) = match self.find_addr(spec.addr) {
+        let (status, id) = match self.find_addr(&spec.pool, spec.addr) {
             Some((id, _)) => {
                 publish = self.update_registered(id, None, &spec);
                 (200, id)
@@ -190,20 +204,22 @@ impl Plane {
     pub async fn deregister(
         self: &Rc<Self>,
         id: Option<BackendId>,
+        pool: &str,
         addr: Option<SocketAddr>,
     ) -> Result<(), Refusal> {
         let views = self.book.borrow().views();
-        let found = views
-            .iter()
-            .find(|b| Some(b.backend.id) == id || Some(b.backend.addr) == addr);
+        let found = views.iter().find(|b| {
+            Some(b.backend.id) == id || (Some(b.backend.addr) == addr && *b.backend.pool == *pool)
+        });
         let (target, source, target_addr) = match found {
             Some(b) => (Some(b.backend.id), Some(b.source), Some(b.backend.addr)),
             None => (None, None, addr),
         };
+        let pool = found.map_or(pool.to_string(), |b| b.backend.pool.to_string());
         let in_cluster = self.cluster.is_some() && matches!(source, None | Some(Source::Etcd));
         if let (Some(cluster), true, Some(a)) = (&self.cluster, in_cluster, target_addr) {
-            let key = cluster::key_for(&cluster.handle.config.prefix, a);
-            match cluster.handle.write(Op::Delete(a)).await {
+            let key = cluster::key_for(&cluster.handle.config.prefix, &pool, a);
+            match cluster.handle.write(Op::Delete(pool.clone(), a)).await {
                 Err(e) => return Err(unavailable(&e)),
                 Ok(WriteOutcome::Deleted(revision)) => {
                     self.apply_batch(vec![Event::Delete { key, revision }], true)
@@ -396,13 +412,13 @@ impl Plane {
                 None
             }
             Ok(spec) => match applied {
-                Some((id, old)) if old.addr == spec.addr => {
+                Some((id, old)) if old.addr == spec.addr && old.pool == spec.pool => {
                     if old != spec {
                         publish |= self.update_registered(id, Some(&old), &spec);
                     }
                     Some((id, spec))
                 }
-                _ => match self.find_addr(spec.addr) {
+                _ => match self.find_addr(&spec.pool, spec.addr) {
                     Some((_, source)) => {
                         warn!(
                             key = %item.key,
@@ -443,7 +459,7 @@ impl Plane {
             .filter_map(|(k, v)| v.shadowed.clone().map(|s| (k.clone(), s)))
             .collect();
         for (key, spec) in waiting {
-            if self.find_addr(spec.addr).is_some() {
+            if self.find_addr(&spec.pool, spec.addr).is_some() {
                 continue;
             }
             let id = self.add_registered(&spec, Source::Etcd, Some(key.clone()));

@@ -85,46 +85,7 @@ impl Plane {
         let sink = self.access_sink_for(&new)?;
         let new = Arc::new(new);
 
-        // New static backend set: keep identity (and health) of unchanged ones.
-        {
-            let mut book = self.book.borrow_mut();
-            let current = book.views();
-            for info in current.iter().filter(|i| i.source == Source::Config) {
-                if !new.servers.iter().any(|s| s.addr == info.backend.addr) {
-                    book.remove(info.backend.id);
-                }
-            }
-            for spec in &new.servers {
-                let existing = book
-                    .views()
-                    .into_iter()
-                    .find(|i| i.backend.addr == spec.addr);
-                match existing {
-                    Some(i) if i.backend.weight == spec.weight && i.backend.name == spec.name => {}
-                    Some(i) => {
-                        let b = Arc::new(Backend::new(
-                            i.backend.id,
-                            spec.name.clone(),
-                            spec.addr,
-                            spec.weight,
-                        ));
-                        book.replace_backend(i.backend.id, b);
-                    }
-                    None => {
-                        let id = self.next_backend_id();
-                        let b =
-                            Arc::new(Backend::new(id, spec.name.clone(), spec.addr, spec.weight));
-                        book.add(
-                            b,
-                            CheckSpec::Http(new.health_check_path.clone()),
-                            Source::Config,
-                        );
-                    }
-                }
-            }
-            book.set_thresholds(&new);
-            book.set_config_check_path(&new.health_check_path);
-        }
+        self.apply_static_backends(&new);
         if let Some((target, sink)) = sink {
             self.access.switch(sink);
             *self.access_target.borrow_mut() = Some(target);
@@ -140,6 +101,59 @@ impl Plane {
         // Breaker durations may have changed.
         self.timers.notify();
         Ok(format!("configuration reloaded: {}", new.summary()))
+    }
+
+    /// Applies the reloaded pools' `servers`: a backend is the same one
+    /// when its pool and address are, and keeps its identity, health and
+    /// in-flight count; backends of removed pools and removed addresses go;
+    /// new ones are added (up, as at startup).
+    fn apply_static_backends(self: &Rc<Self>, new: &Config) {
+        let mut book = self.book.borrow_mut();
+        let listed = |pool: &str, addr| {
+            new.pool_named(pool)
+                .is_some_and(|(_, p)| p.servers.iter().any(|s| s.addr == addr))
+        };
+        for info in book.views().iter().filter(|i| i.source == Source::Config) {
+            if !listed(&info.backend.pool, info.backend.addr) {
+                book.remove(info.backend.id);
+            }
+        }
+        book.set_pools(new);
+        for pool in &new.pools {
+            let pool_name: Arc<str> = pool.name.as_str().into();
+            for spec in &pool.servers {
+                let existing = book.views().into_iter().find(|i| {
+                    i.source == Source::Config
+                        && *i.backend.pool == *pool.name
+                        && i.backend.addr == spec.addr
+                });
+                match existing {
+                    Some(i) if i.backend.weight == spec.weight && i.backend.name == spec.name => {}
+                    Some(i) => {
+                        let b = Arc::new(Backend::in_pool(
+                            pool_name.clone(),
+                            i.backend.id,
+                            spec.name.clone(),
+                            spec.addr,
+                            spec.weight,
+                        ));
+                        book.replace_backend(i.backend.id, b);
+                    }
+                    None => {
+                        let id = self.next_backend_id();
+                        let b = Arc::new(Backend::in_pool(
+                            pool_name.clone(),
+                            id,
+                            spec.name.clone(),
+                            spec.addr,
+                            spec.weight,
+                        ));
+                        let check = CheckSpec::Http(pool.health.path.clone());
+                        book.add(b, check, Source::Config);
+                    }
+                }
+            }
+        }
     }
 
     /// The sink the access log must switch to under `new`, opened: `None`
@@ -180,36 +194,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         cluster,
         // Applied: the book, the probes and the workers take the new
         // configuration (worker.rs `apply_config`, reloads above).
-        servers: _,
-        strategy: _,
-        max_fails: _,
-        fail_window: _,
-        connection_timeout: _,
-        write_timeout: _,
-        read_timeout: _,
-        health_check_path: _,
-        health_check_interval: _,
-        health_check_timeout: _,
-        healthy_threshold: _,
-        unhealthy_threshold: _,
-        pool_size: _,
+        pools: _,
+        routes: _,
         max_header_bytes: _,
         client_header_timeout: _,
         keepalive_timeout: _,
         client_body_timeout: _,
         send_timeout: _,
         shutdown_timeout: _,
-        retries: _,
-        breaker_threshold: _,
-        breaker_open_duration: _,
-        breaker_half_open_requests: _,
-        retry_backoff: _,
-        retry_backoff_max: _,
-        retry_budget: _,
-        retry_non_idempotent: _,
-        max_connections: _,
-        queue_size: _,
-        queue_timeout: _,
         max_client_connections: _,
         admin_token: _,
         access_log: _,

@@ -9,14 +9,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{info, warn};
 
 use super::breaker::{Breaker, BreakerState};
 use super::{BackendView, Outcome, Report, Snapshot};
 use crate::backend::{Backend, BackendId};
-use crate::config::Config;
+use crate::config::{BreakerSettings, Config, HealthSettings};
 
 /// How a backend is probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,60 +54,82 @@ struct Entry {
     ttl: Option<u64>,
 }
 
-/// Health state of every backend, owned by the control executor.
+/// The thresholds of one pool's backends.
+#[derive(Debug)]
+struct PoolRules {
+    name: String,
+    health: HealthSettings,
+    breaker: BreakerSettings,
+}
+
+/// Health state of every backend of every pool, owned by the control
+/// executor. Each backend is judged by its own pool's thresholds.
 #[derive(Debug)]
 pub struct HealthBook {
     entries: Vec<Entry>,
     version: u64,
-    breaker_threshold: u32,
-    breaker_open: Duration,
-    breaker_half_open: u32,
-    healthy_threshold: u32,
-    unhealthy_threshold: u32,
-    max_fails: u32,
-    fail_window: Duration,
+    /// One per configured pool, the default pool first.
+    rules: Vec<PoolRules>,
+}
+
+/// The thresholds of each pool in `config`.
+fn rules_of(config: &Config) -> Vec<PoolRules> {
+    config
+        .pools
+        .iter()
+        .map(|p| PoolRules {
+            name: p.name.clone(),
+            health: p.health.clone(),
+            breaker: p.breaker.clone(),
+        })
+        .collect()
+}
+
+/// The rules of `pool`, the default pool's for a pool no longer configured
+/// (its backends are about to be removed).
+fn rules_for<'a>(rules: &'a [PoolRules], pool: &str) -> &'a PoolRules {
+    rules.iter().find(|r| r.name == pool).unwrap_or(&rules[0])
+}
+
+fn new_breaker(b: &BreakerSettings) -> Breaker {
+    Breaker::new(b.threshold, b.open_duration, b.half_open_requests)
 }
 
 impl HealthBook {
     /// All backends start up (as in nginx): traffic flows at once, and the
     /// first round of checks, run immediately, takes out the dead ones.
     pub fn new(config: &Config, backends: Vec<Arc<Backend>>) -> Self {
+        let rules = rules_of(config);
         HealthBook {
             entries: backends
                 .into_iter()
-                .map(|backend| Entry {
-                    backend,
-                    check: CheckSpec::Http(config.health_check_path.clone()),
-                    source: Source::Config,
-                    checks_ok: 0,
-                    checks_failed: 0,
-                    up: true,
-                    ok_streak: 0,
-                    fail_streak: 0,
-                    passive: VecDeque::new(),
-                    breaker: Breaker::new(
-                        config.breaker_threshold,
-                        config.breaker_open_duration,
-                        config.breaker_half_open_requests,
-                    ),
-                    key: None,
-                    ttl: None,
+                .map(|backend| {
+                    let r = rules_for(&rules, &backend.pool);
+                    Entry {
+                        check: CheckSpec::Http(r.health.path.clone()),
+                        breaker: new_breaker(&r.breaker),
+                        backend,
+                        source: Source::Config,
+                        checks_ok: 0,
+                        checks_failed: 0,
+                        up: true,
+                        ok_streak: 0,
+                        fail_streak: 0,
+                        passive: VecDeque::new(),
+                        key: None,
+                        ttl: None,
+                    }
                 })
                 .collect(),
             version: 0,
-            breaker_threshold: config.breaker_threshold,
-            breaker_open: config.breaker_open_duration,
-            breaker_half_open: config.breaker_half_open_requests,
-            healthy_threshold: config.healthy_threshold,
-            unhealthy_threshold: config.unhealthy_threshold,
-            max_fails: config.max_fails,
-            fail_window: config.fail_window,
+            rules,
         }
     }
 
     /// Records an active check result; returns true when the backend flipped.
     pub fn observe_check(&mut self, i: usize, ok: bool) -> bool {
         let e = &mut self.entries[i];
+        let h = &rules_for(&self.rules, &e.backend.pool).health;
         if ok {
             e.checks_ok += 1;
         } else {
@@ -116,7 +138,7 @@ impl HealthBook {
         if ok {
             e.ok_streak = e.ok_streak.saturating_add(1);
             e.fail_streak = 0;
-            if !e.up && e.ok_streak >= self.healthy_threshold {
+            if !e.up && e.ok_streak >= h.healthy_threshold {
                 e.up = true;
                 e.passive.clear();
                 return true;
@@ -124,7 +146,7 @@ impl HealthBook {
         } else {
             e.fail_streak = e.fail_streak.saturating_add(1);
             e.ok_streak = 0;
-            if e.up && e.fail_streak >= self.unhealthy_threshold {
+            if e.up && e.fail_streak >= h.unhealthy_threshold {
                 e.up = false;
                 return true;
             }
@@ -135,9 +157,9 @@ impl HealthBook {
     /// Records a failed request seen by a worker; returns true when the
     /// backend flipped to down (`max_fails` within `fail_window`).
     pub fn observe_failure(&mut self, i: usize, now: Instant) -> bool {
-        let window = self.fail_window;
-        let max = self.max_fails as usize;
         let e = &mut self.entries[i];
+        let h = &rules_for(&self.rules, &e.backend.pool).health;
+        let (window, max) = (h.fail_window, h.max_fails as usize);
         if !e.up {
             return false;
         }
@@ -187,11 +209,12 @@ impl HealthBook {
                 }
                 let passive = self.observe_failure(i, now);
                 if passive {
+                    let h = &rules_for(&self.rules, &self.entries[i].backend.pool).health;
                     warn!(
                         backend = %name,
                         "backend is down: {} failed requests within {:?} (last: {kind:?})",
-                        self.max_fails,
-                        self.fail_window
+                        h.max_fails,
+                        h.fail_window
                     );
                 }
                 breaker || passive
@@ -259,11 +282,7 @@ impl HealthBook {
     /// Adds a backend (API-added ones start down and enter rotation once a
     /// check passes; config ones start up, as at startup).
     pub fn add(&mut self, backend: Arc<Backend>, check: CheckSpec, source: Source) {
-        let breaker = Breaker::new(
-            self.breaker_threshold,
-            self.breaker_open,
-            self.breaker_half_open,
-        );
+        let breaker = new_breaker(&rules_for(&self.rules, &backend.pool).breaker);
         self.entries.push(Entry {
             backend,
             check,
@@ -309,26 +328,25 @@ impl HealthBook {
         }
     }
 
-    /// Applies reloaded thresholds.
-    pub fn set_thresholds(&mut self, c: &Config) {
-        self.healthy_threshold = c.healthy_threshold;
-        self.unhealthy_threshold = c.unhealthy_threshold;
-        self.max_fails = c.max_fails;
-        self.fail_window = c.fail_window;
-        self.breaker_threshold = c.breaker_threshold;
-        self.breaker_open = c.breaker_open_duration;
-        self.breaker_half_open = c.breaker_half_open_requests;
-    }
-
-    /// Points the checks of configuration backends at a reloaded path.
-    pub fn set_config_check_path(&mut self, path: &str) {
+    /// Applies reloaded pools: their thresholds, and each configuration
+    /// backend's check path (breakers made from now on use the new breaker
+    /// settings).
+    pub fn set_pools(&mut self, c: &Config) {
+        self.rules = rules_of(c);
         for e in self
             .entries
             .iter_mut()
             .filter(|e| e.source == Source::Config)
         {
-            e.check = CheckSpec::Http(path.to_string());
+            let path = &rules_for(&self.rules, &e.backend.pool).health.path;
+            e.check = CheckSpec::Http(path.clone());
         }
+    }
+
+    /// The health check path of pool `pool` (the default pool's when it is
+    /// not configured).
+    pub fn check_path(&self, pool: &str) -> &str {
+        &rules_for(&self.rules, pool).health.path
     }
 
     /// A view of every backend for the admin API and metrics.
@@ -377,6 +395,7 @@ pub struct BackendInfo {
 mod tests {
     use super::*;
     use crate::backend::BackendId;
+    use std::time::Duration;
 
     fn book(unhealthy: u32, healthy: u32) -> HealthBook {
         let mut c = crate::config::parse(
@@ -386,9 +405,9 @@ max_fails = 3
 fail_window = 10"#,
         )
         .unwrap();
-        c.unhealthy_threshold = unhealthy;
-        c.healthy_threshold = healthy;
-        let backends = c
+        c.pools[0].health.unhealthy_threshold = unhealthy;
+        c.pools[0].health.healthy_threshold = healthy;
+        let backends = c.pools[0]
             .servers
             .iter()
             .enumerate()

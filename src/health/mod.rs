@@ -39,7 +39,7 @@ impl BackendView {
 }
 
 /// An immutable view of which backends may take traffic.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Increases with every publication; workers ignore older ones.
     pub version: u64,

@@ -199,3 +199,27 @@ mod tests {
         assert_eq!(v, vec![&b"gzip"[..], &b"chunked"[..]]);
     }
 }
+
+/// The `Host` value and the path (before any query) of a forwarded request
+/// head, as this balancer writes it: origin form on the request line, the
+/// header names as the client sent them. No allocation; `None` for a head
+/// without `Host` (HTTP/1.0).
+pub fn host_and_path(head: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    let mut lines = head.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let target = first.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let path = match target.iter().position(|&b| b == b'?') {
+        Some(q) => &target[..q],
+        None => target,
+    };
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() > 5 && line[4] == b':' && line[..4].eq_ignore_ascii_case(b"host") {
+            return (Some(line[5..].trim_ascii()), path);
+        }
+    }
+    (None, path)
+}
