@@ -130,6 +130,7 @@ async fn sync(
     let items = resp
         .kvs()
         .iter()
+        .filter(|kv| is_registration(&config.prefix, kv.key()))
         .map(|kv| {
             item(
                 &config.prefix,
@@ -180,6 +181,12 @@ fn describe(e: &etcd_client::Error) -> String {
         Some(r) if !top.contains(&r.to_string()) => format!("{top}: {r}"),
         _ => top,
     }
+}
+
+/// True for keys laid out as registrations (`servers/...` or
+/// `pools/NAME/servers/...` under the prefix).
+fn is_registration(prefix: &str, key: &[u8]) -> bool {
+    std::str::from_utf8(key).is_ok_and(|k| super::pool_of_key(prefix, k).is_some())
 }
 
 fn item(prefix: &str, key: &[u8], value: &[u8], mod_revision: i64, lease: i64) -> Item {
@@ -341,6 +348,10 @@ async fn watch_loop(
                 }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    // Other keys under the prefix are not ours to read.
+                    if !is_registration(&config.prefix, kv.key()) {
+                        continue;
+                    }
                     let e = match ev.event_type() {
                         EventType::Put => Event::Put(item(
                             &config.prefix,
