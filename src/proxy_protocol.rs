@@ -169,18 +169,17 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Error> {
     let window = &buf[..buf.len().min(V1_MAX_LEN)];
     let Some(lf) = memchr::memchr(b'\n', window) else {
         // Fail early on what can never become a header.
-        if let Some(rest) = window.get(V1_PREFIX.len()..) {
-            if !["TCP4 ", "TCP6 ", "UNKNOWN"]
+        if let Some(rest) = window.get(V1_PREFIX.len()..)
+            && !["TCP4 ", "TCP6 ", "UNKNOWN"]
                 .iter()
                 .any(|p| agrees(rest, p.as_bytes()))
-            {
-                return Err(Error::V1Malformed("unknown protocol"));
-            }
+        {
+            return Err(Error::V1Malformed("unknown protocol"));
         }
-        if let Some(cr) = memchr::memchr(b'\r', window) {
-            if cr + 1 < window.len() {
-                return Err(Error::V1Malformed("CR not followed by LF"));
-            }
+        if let Some(cr) = memchr::memchr(b'\r', window)
+            && cr + 1 < window.len()
+        {
+            return Err(Error::V1Malformed("CR not followed by LF"));
         }
         return if buf.len() >= V1_MAX_LEN {
             Err(Error::V1TooLong)
@@ -297,10 +296,10 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Error> {
             other => return Err(Error::V2BadFamily(other)),
         }
     };
-    if let Some(need) = need {
-        if len < need {
-            return Err(Error::V2ShortAddresses { len, need });
-        }
+    if let Some(need) = need
+        && len < need
+    {
+        return Err(Error::V2ShortAddresses { len, need });
     }
     let header_len = V2_FIXED_LEN + len;
     let Some(block) = buf.get(V2_FIXED_LEN..header_len) else {
