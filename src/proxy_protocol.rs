@@ -170,7 +170,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Error> {
     let Some(lf) = memchr::memchr(b'\n', window) else {
         // Fail early on what can never become a header.
         if let Some(rest) = window.get(V1_PREFIX.len()..)
-            && !["TCP4 ", "TCP6 ", "UNKNOWN"]
+            && !["TCP4 ", "TCP6 ", "UNKNOWN ", "UNKNOWN\r"]
                 .iter()
                 .any(|p| agrees(rest, p.as_bytes()))
         {
@@ -189,6 +189,11 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Error> {
     };
     if lf == 0 || window[lf - 1] != b'\r' {
         return Err(Error::V1Malformed("LF not preceded by CR"));
+    }
+    // As while incomplete: a CR anywhere else is refused, so that no
+    // prefix of an accepted header is refused.
+    if memchr::memchr(b'\r', &window[..lf - 1]).is_some() {
+        return Err(Error::V1Malformed("CR not followed by LF"));
     }
     // The line between "PROXY " and CRLF; the prefix check above guarantees
     // the line is at least that long once an LF is found after it.
@@ -507,6 +512,10 @@ mod tests {
             assert_eq!(h.source(), None);
         }
         assert!(parse(b"PROXY UNKNOWNX\r\n").is_err());
+        assert!(parse(b"PROXY UNKNOWNX").is_err(), "refused before the CRLF");
+        // A bare CR is refused in a whole line as in a partial one.
+        assert!(parse(b"PROXY UNKNOWN a\rb\r\n").is_err());
+        assert!(parse(b"PROXY UNKNOWN a\rb").is_err());
     }
 
     #[test]
