@@ -24,6 +24,7 @@ use tracing::debug;
 
 use crate::access_log;
 use crate::buffer::IoBuf;
+use crate::config::Config;
 use crate::context::Context;
 use crate::error::ProxyError;
 use crate::http::BodyFraming;
@@ -31,6 +32,7 @@ use crate::http::canned;
 use crate::http::request::Method;
 use crate::http::request::{self, RequestHead};
 use crate::proxy::{self, BODY_BUF, Client, Served};
+use crate::proxy_protocol;
 
 /// Initial client read buffer: most request heads fit. It grows for large
 /// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]),
@@ -53,7 +55,7 @@ pub async fn serve<R: Registration>(
     stream: TcpStream,
     register: impl FnOnce() -> R,
 ) {
-    let Ok(peer) = stream.peer_addr() else {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
     let _ = stream.set_nodelay(true);
@@ -64,7 +66,16 @@ pub async fn serve<R: Registration>(
         stream,
         buf: IoBuf::new(CLIENT_BUF, (max + CLIENT_BUF).max(BODY_BUF)),
         peer,
+        local,
     };
+    if w.config().proxy_protocol
+        && let Err(why) = read_proxy_header(&w.config(), &mut client).await
+    {
+        debug!(peer = %peer, "closing: {why}");
+        return;
+    }
+    // From here on the client is who the PROXY header says it is.
+    let peer = client.peer;
     let mut head_out = Vec::new();
     let mut resp_out = Vec::new();
     // What the access log keeps of each head; empty (no allocation) while
@@ -260,6 +271,49 @@ fn body_bytes(served: &Served, head_request: bool) -> u64 {
 ///
 /// `started` is set when the first byte of the head is seen (it stays
 /// `None` when the whole head arrived in one read).
+/// Reads the PROXY protocol header that must start every connection on a
+/// `proxy_protocol` listener, within `client_header_timeout`, and takes the
+/// client and destination addresses from it (a v1 `UNKNOWN` or v2 `LOCAL`
+/// header keeps the connection's own). Only peers in `trusted_proxies` may
+/// send one; anything else closes the connection: no byte of it can be
+/// trusted. Bytes after the header stay in the buffer: the first request.
+async fn read_proxy_header(cfg: &Config, c: &mut Client) -> Result<(), String> {
+    if !cfg.trusted_proxies.contains(c.peer.ip()) {
+        return Err(format!(
+            "{} is not in trusted_proxies and may not send a PROXY header",
+            c.peer.ip()
+        ));
+    }
+    let deadline = Instant::now() + cfg.client_header_timeout;
+    loop {
+        match proxy_protocol::parse(c.buf.filled()) {
+            Ok(Some(h)) => {
+                c.buf.consume(h.header_len);
+                if let Some(a) = h.addresses {
+                    c.peer = a.source;
+                    c.local = a.destination;
+                }
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no complete PROXY header within client_header_timeout".into());
+        }
+        let _ = c.stream.set_read_timeout(Some(left));
+        match c.buf.read_from(&mut c.stream).await {
+            Ok(0) => return Err("closed before a complete PROXY header".into()),
+            Ok(_) => {}
+            Err(e) if crate::error::is_timeout(&e) => {
+                return Err("no complete PROXY header within client_header_timeout".into());
+            }
+            Err(e) => return Err(format!("reading the PROXY header: {e}")),
+        }
+    }
+}
+
 async fn read_head(
     w: &Context,
     c: &mut Client,

@@ -26,6 +26,7 @@
 //! 504 (timeout), and backend failures are reported to the health executor.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -38,7 +39,7 @@ use tracing::debug;
 use crate::backend::pool::BackendConn;
 use crate::backend::{Backend, BackendId};
 use crate::buffer::IoBuf;
-use crate::config::{Config, PoolConfig};
+use crate::config::{Config, PoolConfig, ProxyProtocolVersion};
 use crate::context::Context;
 use crate::error::{ErrorSource, ProxyError};
 use crate::health::BackendView;
@@ -47,6 +48,7 @@ use crate::http::chunked::{ChunkedDecoder, Mode};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{self, ClientSide, ResponseHead};
 use crate::http::{BodyFraming, canned};
+use crate::proxy_protocol;
 use crate::retry::backoff;
 
 /// Bodies up to this size are sent in the same write as their head.
@@ -60,8 +62,11 @@ pub struct Client {
     pub stream: TcpStream,
     /// Bytes read from the client and not yet consumed.
     pub buf: IoBuf,
-    /// The client's address.
+    /// The client's address (from a PROXY protocol header when the
+    /// listener takes one).
     pub peer: std::net::SocketAddr,
+    /// The address the client connected to (likewise).
+    pub local: std::net::SocketAddr,
 }
 
 /// What happened to one request, for the keep-alive decision, metrics and
@@ -212,14 +217,17 @@ pub async fn handle(
             .needs_inflight()
             .then(|| backend.start_request());
         let _local = cx.metrics.inflight(backend.id);
-        let pooled = if fresh {
+        // A PROXY protocol header belongs to one connection: such a pool's
+        // backend connections are never shared or reused.
+        let private = pool.send_proxy_protocol.is_some();
+        let pooled = if fresh || private {
             None
         } else {
             cx.pool.borrow_mut().take(backend.id)
         };
         let conn = match pooled {
             Some(conn) => Ok(conn),
-            None => connect(cx, pool, backend).await,
+            None => connect(cx, pool, backend, (ex.client.peer, ex.client.local)).await,
         };
         let outcome = match conn {
             Ok(conn) => attempt(cx, &mut ex, conn, view).await,
@@ -383,10 +391,14 @@ struct BodyState {
     continue_sent: bool,
 }
 
+/// Opens a connection to `backend` with `pool`'s time limits; when the pool
+/// sends the PROXY protocol, its header for `client` (source, destination)
+/// goes first.
 async fn connect(
     cx: &Context,
     pool: &PoolConfig,
     backend: &Backend,
+    client: (SocketAddr, SocketAddr),
 ) -> Result<BackendConn, ProxyError> {
     let cfg = cx.config();
     let stream = TcpStream::connect_timeout(backend.addr, pool.timeouts.connect)
@@ -402,6 +414,19 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(pool.timeouts.read));
     let _ = stream.set_write_timeout(Some(pool.timeouts.write));
+    if let Some(version) = pool.send_proxy_protocol {
+        let mut header = Vec::with_capacity(64);
+        match version {
+            ProxyProtocolVersion::V1 => proxy_protocol::write_v1(&mut header, client.0, client.1),
+            ProxyProtocolVersion::V2 => proxy_protocol::write_v2(&mut header, client.0, client.1),
+        }
+        let mut stream = stream;
+        stream
+            .write_all(&header)
+            .await
+            .map_err(ProxyError::Connect)?;
+        return Ok(BackendConn::new(stream, cfg.max_header_bytes));
+    }
     Ok(BackendConn::new(stream, cfg.max_header_bytes))
 }
 
@@ -490,7 +515,10 @@ async fn attempt(
             if head.status < 500 {
                 cx.report_success(view);
             }
-            if head.backend_keep_alive && conn.buf.is_empty() {
+            if head.backend_keep_alive
+                && conn.buf.is_empty()
+                && ex.pool().send_proxy_protocol.is_none()
+            {
                 let keep = ex.pool().pool_size;
                 cx.pool.borrow_mut().put(backend.id, conn, keep);
             }

@@ -434,9 +434,35 @@ pub fn write_v2(out: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr) {
     out.extend_from_slice(&dst.port().to_be_bytes());
 }
 
+/// Appends the header of a connection the sender makes on its own behalf,
+/// not for a client (a health check): v1 `PROXY UNKNOWN`, v2 `LOCAL`. The
+/// receiver then uses the connection's own addresses.
+pub fn write_local(out: &mut Vec<u8>, v2: bool) {
+    if v2 {
+        out.extend_from_slice(&V2_SIGNATURE);
+        out.push(0x20); // version 2, LOCAL
+        out.push(0x00); // UNSPEC
+        out.extend_from_slice(&0u16.to_be_bytes());
+    } else {
+        out.extend_from_slice(b"PROXY UNKNOWN\r\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_headers_carry_no_addresses() {
+        for v2 in [false, true] {
+            let mut out = Vec::new();
+            write_local(&mut out, v2);
+            out.extend_from_slice(b"GET /");
+            let h = parse(&out).expect("valid").expect("complete");
+            assert_eq!(h.addresses, None);
+            assert_eq!(&out[h.header_len..], b"GET /");
+        }
+    }
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -213,6 +213,14 @@ pub struct Config {
     pub pin_workers: bool,
     /// Cluster mode: the etcd registry shared with other instances, if any.
     pub cluster: Option<ClusterConfig>,
+    /// Peers whose `X-Forwarded-For`, `X-Request-Id` and PROXY protocol
+    /// headers are believed.
+    pub trusted_proxies: crate::cidr::CidrSet,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header,
+    /// accepted only from `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// Also send an RFC 7239 `Forwarded` header to backends.
+    pub forwarded: bool,
 }
 
 /// One validated `[[routes]]` entry.
@@ -348,6 +356,7 @@ pub fn validate(path: &Path, mut f: FileConfig) -> Result<Config, ConfigError> {
         Some(t) => Some(validate_cluster(t).map_err(|(key, message)| fixed(key, message))?),
     };
     let (ring_depth, ring_setup_flags) = validate_rings(&f).map_err(invalid)?;
+    let (trusted_proxies, proxy_protocol) = validate_forwarding(&f).map_err(invalid)?;
 
     Ok(Config {
         listen,
@@ -372,6 +381,9 @@ pub fn validate(path: &Path, mut f: FileConfig) -> Result<Config, ConfigError> {
         ring_setup_flags,
         pin_workers: f.pin_workers.unwrap_or(true),
         cluster,
+        trusted_proxies,
+        proxy_protocol,
+        forwarded: f.forwarded.unwrap_or(false),
     })
 }
 
@@ -525,6 +537,24 @@ fn validate_admin(f: &FileConfig) -> Result<(Option<SocketAddr>, Option<String>)
         ));
     }
     Ok((admin_listen, admin_token))
+}
+
+/// `trusted_proxies` and `proxy_protocol`: a listener that takes PROXY
+/// headers needs someone to take them from.
+fn validate_forwarding(f: &FileConfig) -> Result<(crate::cidr::CidrSet, bool), KeyError> {
+    let trusted = match &f.trusted_proxies {
+        None => crate::cidr::CidrSet::new(),
+        Some(list) => crate::cidr::CidrSet::parse(list)
+            .map_err(|e| ("trusted_proxies".to_string(), e.to_string()))?,
+    };
+    let proxy_protocol = f.proxy_protocol.unwrap_or(false);
+    if proxy_protocol && trusted.is_empty() {
+        return Err((
+            "proxy_protocol".into(),
+            "needs `trusted_proxies`: PROXY headers are accepted only from the proxies listed there".into(),
+        ));
+    }
+    Ok((trusted, proxy_protocol))
 }
 
 /// `ring_depth` and `ring_setup_flags`.

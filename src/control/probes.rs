@@ -10,6 +10,7 @@
 //! a few hundred bytes per backend per reload, which months of reloads and
 //! registrations would turn into a leak.)
 
+use std::io::Write;
 use std::rc::Rc;
 
 use tracing::{info, warn};
@@ -39,11 +40,19 @@ pub async fn probe_loop(plane: Rc<Plane>, id: BackendId) {
         let interval = pool.health.interval;
         let result = match &check {
             CheckSpec::Http(path) => {
-                let request = format!(
+                // A backend that expects PROXY headers gets one on its
+                // checks too: LOCAL, the check is the balancer's own.
+                let mut request = Vec::new();
+                if let Some(v) = pool.send_proxy_protocol {
+                    let v2 = v == crate::config::ProxyProtocolVersion::V2;
+                    crate::proxy_protocol::write_local(&mut request, v2);
+                }
+                let _ = write!(
+                    request,
                     "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-health\r\nConnection: close\r\n\r\n",
                     backend.name
                 );
-                probe(backend.addr, request.as_bytes(), connect, timeout).await
+                probe(backend.addr, &request, connect, timeout).await
             }
             CheckSpec::Tcp => probe_tcp(backend.addr, timeout).await,
         };

@@ -196,6 +196,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         // configuration (worker.rs `apply_config`, reloads above).
         pools: _,
         routes: _,
+        trusted_proxies: _,
+        proxy_protocol: _,
+        forwarded: _,
         max_header_bytes: _,
         client_header_timeout: _,
         keepalive_timeout: _,

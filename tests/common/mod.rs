@@ -597,6 +597,11 @@ impl Conn {
         self.stream.write_all(data)
     }
 
+    /// The client side's own address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
     pub fn shutdown_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
