@@ -84,6 +84,7 @@ pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod retry;
+pub mod route;
 pub mod runtime;
 pub mod sdnotify;
 pub mod upgrade;
