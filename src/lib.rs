@@ -86,6 +86,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod retry;
+pub mod route;
 pub mod runtime;
 pub mod sdnotify;
 pub mod upgrade;
