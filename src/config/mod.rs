@@ -31,6 +31,7 @@ pub use pool::{
 };
 
 use crate::error::ConfigError;
+use crate::route::{RouteSpec, RouteTable};
 use address::resolve;
 use cluster::validate_cluster;
 use file::RouteEntry;
@@ -173,7 +174,7 @@ pub struct Config {
     /// then the `[pools.NAME]` tables in name order.
     pub pools: Vec<PoolConfig>,
     /// `[[routes]]`: which requests go to which pool (by index in `pools`).
-    pub routes: Vec<RouteConfig>,
+    pub routes: RouteTable,
     /// Largest accepted request or response head, in bytes.
     pub max_header_bytes: usize,
     /// Time to receive a whole request head once its first byte arrived.
@@ -221,17 +222,6 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// Also send an RFC 7239 `Forwarded` header to backends.
     pub forwarded: bool,
-}
-
-/// One validated `[[routes]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
-    /// Host to match (exact or `*.suffix`), any when `None`.
-    pub host: Option<String>,
-    /// Raw path prefix to match, any when `None`.
-    pub path_prefix: Option<String>,
-    /// Index of the pool in [`Config::pools`].
-    pub pool: usize,
 }
 
 /// io_uring setup flags by default: cooperative task running (no
@@ -403,46 +393,28 @@ fn validate_pools(
     Ok(pools)
 }
 
-/// `[[routes]]`: every pool named exists; host and path syntax; no two
-/// routes with the same host and path prefix.
+/// `[[routes]]`: every pool named exists; host and path syntax and
+/// duplicates are [`RouteTable::new`]'s to judge.
 fn validate_routes(
     entries: Option<Vec<RouteEntry>>,
     pools: &[PoolConfig],
-) -> Result<Vec<RouteConfig>, KeyError> {
-    let mut routes: Vec<RouteConfig> = Vec::new();
+) -> Result<RouteTable, KeyError> {
+    let mut specs = Vec::new();
     for (i, r) in entries.unwrap_or_default().into_iter().enumerate() {
-        let key = |k: &str| format!("routes[{i}].{k}");
         let Some(pool) = pools.iter().position(|p| p.name == r.pool) else {
             let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
             return Err((
-                key("pool"),
+                format!("routes[{i}].pool"),
                 format!("unknown pool `{}` (pools: {})", r.pool, known.join(", ")),
             ));
         };
-        if r.host.is_none() && r.path_prefix.is_none() {
-            return Err((
-                format!("routes[{i}]"),
-                "needs `host`, `path_prefix` or both".into(),
-            ));
-        }
-        let host = r.host.map(|h| h.to_ascii_lowercase());
-        let route = RouteConfig {
-            host,
+        specs.push(RouteSpec {
+            host: r.host,
             path_prefix: r.path_prefix,
             pool,
-        };
-        if let Some(j) = routes
-            .iter()
-            .position(|o| o.host == route.host && o.path_prefix == route.path_prefix)
-        {
-            return Err((
-                format!("routes[{i}]"),
-                format!("has the same host and path_prefix as routes[{j}]"),
-            ));
-        }
-        routes.push(route);
+        });
     }
-    Ok(routes)
+    RouteTable::new(specs).map_err(|e| ("routes".to_string(), e.to_string()))
 }
 
 /// The client side of the listener, validated together.
@@ -636,32 +608,9 @@ impl Config {
 
     /// The index in `pools` of the pool a request for `host` and `path`
     /// goes to: the first matching route's, else the default pool (0).
+    #[inline]
     pub fn route(&self, host: Option<&[u8]>, path: &[u8]) -> usize {
-        let host = host.map(|h| h.to_ascii_lowercase());
-        for r in &self.routes {
-            let host_ok = match (&r.host, &host) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(want), Some(h)) => {
-                    let h = String::from_utf8_lossy(h);
-                    let h = h.rsplit_once(':').map_or(&*h, |(a, _)| a);
-                    match want.strip_prefix("*.") {
-                        Some(suffix) => {
-                            h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}"))
-                        }
-                        None => h == want,
-                    }
-                }
-            };
-            let path_ok = r
-                .path_prefix
-                .as_ref()
-                .is_none_or(|p| path.starts_with(p.as_bytes()));
-            if host_ok && path_ok {
-                return r.pool;
-            }
-        }
-        0
+        self.routes.lookup(host, path).unwrap_or(0)
     }
 
     /// The default pool: the file's top-level keys.
@@ -994,8 +943,11 @@ pool = "static"
         assert_eq!(st.servers[0].addr, c.default_pool().servers[0].addr);
         assert_eq!(c.default_pool().send_proxy_protocol, None);
         assert_eq!(c.routes.len(), 2);
-        assert_eq!(c.routes[0].pool, 1);
-        assert_eq!(c.routes[1].pool, 2);
+        assert_eq!(c.route(Some(b"api.EXAMPLE.com:8080"), b"/v1/x?q"), 1);
+        assert_eq!(c.route(Some(b"api.example.com"), b"/v2/"), 2);
+        assert_eq!(c.route(Some(b"www.example.com"), b"/"), 2);
+        assert_eq!(c.route(Some(b"example.com"), b"/v1/"), 0);
+        assert_eq!(c.route(None, b"/v1/"), 0);
     }
 
     #[test]
@@ -1037,11 +989,16 @@ pool = "static"
                 "`routes[0].pool`",
                 "nope",
             ),
-            ("[[routes]]\npool = 'default'", "`routes[0]`", "host"),
+            ("[[routes]]\npool = 'default'", "routes[0]", "host"),
             (
                 "[[routes]]\nhost = 'a'\npool = 'default'\n[[routes]]\nhost = 'A'\npool = 'default'",
-                "`routes[1]`",
+                "routes[1]",
                 "routes[0]",
+            ),
+            (
+                "[[routes]]\nhost = 'a.*.com'\npool = 'default'",
+                "routes[0]",
+                "a.*.com",
             ),
             (
                 "[pools.api]\nservers = ['127.0.0.1:8080']",
