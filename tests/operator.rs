@@ -406,15 +406,30 @@ fn readme_keys() -> BTreeSet<String> {
 }
 
 /// Keys the shipped file sets or shows commented out (`# key = default`),
-/// `cluster.x` after its `[cluster]` line.
+/// `cluster.x` after its `[cluster]` line; an example `[pools.NAME]` or
+/// `[[routes]]` table counts as `pools` or `routes` (its keys are a pool's
+/// or a route's, not top-level ones).
 fn shipped_keys() -> BTreeSet<String> {
     let text = read_repo_file("ekilibri.toml");
     let mut keys = BTreeSet::new();
     let mut table = "";
+    let mut in_example = false;
     for line in text.lines() {
         let l = line.trim_start_matches('#').trim();
         if l == "[cluster]" {
             table = "cluster.";
+            in_example = false;
+            continue;
+        }
+        if l.starts_with("[pools.") || l == "[[routes]]" {
+            keys.insert(if l == "[[routes]]" { "routes" } else { "pools" }.to_string());
+            in_example = true;
+            continue;
+        }
+        if l.is_empty() || line.starts_with("# ----") {
+            in_example = false;
+        }
+        if in_example {
             continue;
         }
         if let Some((k, _)) = l.split_once(" = ")
