@@ -116,6 +116,18 @@ pub enum RouteError {
     },
 }
 
+impl RouteError {
+    /// The position of the route at fault in the `[[routes]]` list.
+    pub fn index(&self) -> usize {
+        match self {
+            RouteError::Unconditional { index }
+            | RouteError::Host { index, .. }
+            | RouteError::PathPrefix { index, .. }
+            | RouteError::Duplicate { index, .. } => *index,
+        }
+    }
+}
+
 /// `host "a" path_prefix "/v1/"`, with `any host` / `any path` for absent
 /// parts, for [`RouteError::Duplicate`].
 fn describe(host: &Option<String>, path_prefix: &Option<String>) -> String {

@@ -414,7 +414,7 @@ fn validate_routes(
             pool,
         });
     }
-    RouteTable::new(specs).map_err(|e| ("routes".to_string(), e.to_string()))
+    RouteTable::new(specs).map_err(|e| (format!("routes[{}]", e.index()), e.to_string()))
 }
 
 /// The client side of the listener, validated together.

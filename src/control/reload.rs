@@ -85,7 +85,11 @@ impl Plane {
         let sink = self.access_sink_for(&new)?;
         let new = Arc::new(new);
 
-        self.apply_static_backends(&new);
+        // Workers get the new backends before the configuration that routes
+        // to them, and lose the old ones only after it: a request routed by
+        // either configuration always finds its pool's backends.
+        let gone = self.apply_static_backends(&new);
+        self.publish();
         if let Some((target, sink)) = sink {
             self.access.switch(sink);
             *self.access_target.borrow_mut() = Some(target);
@@ -95,6 +99,12 @@ impl Plane {
         // New backends get a probe loop; running loops read the new settings
         // and checks on their next pass.
         self.restart_probes();
+        {
+            let mut book = self.book.borrow_mut();
+            for id in gone {
+                book.remove(id);
+            }
+        }
         // Cluster registrations a removed static server kept out.
         self.reapply_shadowed();
         self.publish();
@@ -105,19 +115,22 @@ impl Plane {
 
     /// Applies the reloaded pools' `servers`: a backend is the same one
     /// when its pool and address are, and keeps its identity, health and
-    /// in-flight count; backends of removed pools and removed addresses go;
-    /// new ones are added (up, as at startup).
-    fn apply_static_backends(self: &Rc<Self>, new: &Config) {
+    /// in-flight count; new ones are added (up, as at startup). Returns the
+    /// configuration backends no longer listed (removed pools, removed
+    /// addresses), for the caller to remove once workers have the new
+    /// configuration.
+    fn apply_static_backends(self: &Rc<Self>, new: &Config) -> Vec<crate::backend::BackendId> {
         let mut book = self.book.borrow_mut();
         let listed = |pool: &str, addr| {
             new.pool_named(pool)
                 .is_some_and(|(_, p)| p.servers.iter().any(|s| s.addr == addr))
         };
-        for info in book.views().iter().filter(|i| i.source == Source::Config) {
-            if !listed(&info.backend.pool, info.backend.addr) {
-                book.remove(info.backend.id);
-            }
-        }
+        let gone = book
+            .views()
+            .iter()
+            .filter(|i| i.source == Source::Config && !listed(&i.backend.pool, i.backend.addr))
+            .map(|i| i.backend.id)
+            .collect();
         book.set_pools(new);
         for pool in &new.pools {
             let pool_name: Arc<str> = pool.name.as_str().into();
@@ -154,6 +167,7 @@ impl Plane {
                 }
             }
         }
+        gone
     }
 
     /// The sink the access log must switch to under `new`, opened: `None`
