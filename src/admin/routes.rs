@@ -208,6 +208,9 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
                     let views = api.backends();
                     match views.iter().find(|b| in_pool(b)) {
                         Some(b) => Reply::json(200, server_json(b, BackendCounts::default())),
+                        None if id.is_some() && asked.is_none() => {
+                            Reply::error(404, format!("no server `{target}`"))
+                        }
                         None => Reply::error(404, format!("no server `{target}` in pool `{pool}`")),
                     }
                 }
