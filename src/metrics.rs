@@ -3,8 +3,9 @@
 //! Each worker owns one [`WorkerMetrics`] (plain `Cell`/`RefCell`, touched
 //! only by its own core). Nothing shared is written per request, and
 //! recording allocates nothing once a backend's entries exist: series are
-//! keyed by [`BackendId`] on the workers and resolved to their `backend`
-//! label (the address as configured) only when scraped. When the admin side
+//! keyed by [`BackendId`] on the workers and resolved to their `pool` and
+//! `backend` labels (the pool's name, the address as configured) only when
+//! scraped; the same address in two pools is two series. When the admin side
 //! is scraped, the control executor asks every worker for a
 //! [`MetricsSnapshot`] over the workers' channels, sums them, and renders
 //! the Prometheus text format with [`render`] (together with the control
@@ -16,7 +17,7 @@
 //! backends no longer in it (keeping only in-flight counts until they reach
 //! zero, which a removal's drain waits for). A removed backend's series
 //! leave the exposition at once; an address added again starts its series
-//! from zero under the same `backend` label (a counter reset, which
+//! from zero under the same `pool` and `backend` labels (a counter reset, which
 //! Prometheus' `rate` and `increase` handle).
 //!
 //! Not here: the balancer's per-backend in-flight atomics
@@ -371,6 +372,8 @@ impl MetricsSnapshot {
 pub struct BackendMetrics {
     /// Stable id.
     pub id: BackendId,
+    /// The pool's name: the `pool` label.
+    pub pool: String,
     /// Configured address: the `backend` label.
     pub name: String,
     /// Health (1 up, 0 down).
@@ -404,6 +407,15 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The labels of a per-backend series, `pool` then `backend`, ending with a
+/// comma; `backend="none",` alone when no backend was picked.
+fn backend_labels(pool_and_name: Option<(&str, &str)>) -> String {
+    match pool_and_name {
+        Some((pool, name)) => format!("pool=\"{}\",backend=\"{}\",", esc(pool), esc(name)),
+        None => "backend=\"none\",".to_string(),
+    }
+}
+
 /// Writes `# HELP` and `# TYPE` of a family.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -411,7 +423,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Writes the samples of one histogram series; `labels` is empty or ends
-/// with a comma (`backend="x",`).
+/// with a comma (`pool="p",backend="x",`).
 fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let mut cumulative = 0u64;
     for (le, n) in DURATION_BUCKETS.iter().zip(h.buckets.iter()) {
@@ -433,15 +445,17 @@ fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) 
 /// Renders the Prometheus text exposition format of the workers' counters
 /// and the live `backends`.
 pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> String {
-    // The `backend` label of each live id. Two ids with one address (not
-    // made by the control executor, but cheap to survive) share a series.
-    let mut names: Vec<&str> = Vec::new();
+    // The `pool` and `backend` labels of each live id. Two ids with one
+    // address in one pool (not made by the control executor, but cheap to
+    // survive) share a series; one address in two pools is two series.
+    let mut names: Vec<(&str, &str)> = Vec::new();
     let mut slot_of: HashMap<BackendId, usize> = HashMap::new();
     for b in backends {
-        let slot = match names.iter().position(|n| *n == b.name) {
+        let key = (b.pool.as_str(), b.name.as_str());
+        let slot = match names.iter().position(|n| *n == key) {
             Some(i) => i,
             None => {
-                names.push(&b.name);
+                names.push(key);
                 names.len() - 1
             }
         };
@@ -484,9 +498,10 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
         &mut out,
         "lb_requests_total",
         "counter",
-        "Requests answered, by backend (the address; none when no backend was picked), method, status, and source (backend: the backend's response; balancer: an answer of the balancer's own).",
+        "Requests answered, by pool and backend (the address; backend none, without a pool, when no backend was picked), method, status, and source (backend: the backend's response; balancer: an answer of the balancer's own).",
     );
-    let label_of = |slot: Option<usize>| slot.map_or("none", |i| names[i]);
+    // (pool, backend) labels; no pool when no backend was picked.
+    let label_of = |slot: Option<usize>| slot.map_or(("", "none"), |i| names[i]);
     let mut keys: Vec<_> = requests.into_iter().collect();
     keys.sort_by(|((b1, m1, s1, o1), _), ((b2, m2, s2, o2), _)| {
         (label_of(*b1), m1, s1, o1).cmp(&(label_of(*b2), m2, s2, o2))
@@ -494,8 +509,8 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
     for ((b, m, s, src), v) in keys {
         let _ = writeln!(
             out,
-            "lb_requests_total{{backend=\"{}\",method=\"{m}\",status=\"{s}\",source=\"{}\"}} {v}",
-            esc(label_of(b)),
+            "lb_requests_total{{{}method=\"{m}\",status=\"{s}\",source=\"{}\"}} {v}",
+            backend_labels(b.map(|i| names[i])),
             src.label()
         );
     }
@@ -515,11 +530,11 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
             &mut out,
             "lb_backend_response_seconds",
             "histogram",
-            "Time from the request sent to a backend (head and body) to its final response head, by backend; failed attempts are not counted.",
+            "Time from the request sent to a backend (head and body) to its final response head, by pool and backend; failed attempts are not counted.",
         );
     }
     for (i, name) in names.iter().enumerate() {
-        let labels = format!("backend=\"{}\",", esc(name));
+        let labels = backend_labels(Some(*name));
         histogram_samples(
             &mut out,
             "lb_backend_response_seconds",
@@ -561,10 +576,11 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
         "lb_active_connections{{side=\"backend\"}} {backend_conns}"
     );
 
-    // One series per address: the first id with it speaks for it.
+    // One series per pool and address: the first id with them speaks for
+    // them.
     let firsts: Vec<&BackendMetrics> = names
         .iter()
-        .filter_map(|n| backends.iter().find(|b| b.name == *n))
+        .filter_map(|(p, n)| backends.iter().find(|b| b.pool == *p && b.name == *n))
         .collect();
     family(
         &mut out,
@@ -575,8 +591,8 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
     for b in &firsts {
         let _ = writeln!(
             out,
-            "lb_backend_health_status{{backend=\"{}\"}} {}",
-            esc(&b.name),
+            "lb_backend_health_status{{{}}} {}",
+            backend_labels(Some((&b.pool, &b.name))).trim_end_matches(','),
             u8::from(b.up)
         );
     }
@@ -589,8 +605,8 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
     for b in &firsts {
         let _ = writeln!(
             out,
-            "lb_circuit_breaker_state{{backend=\"{}\"}} {}",
-            esc(&b.name),
+            "lb_circuit_breaker_state{{{}}} {}",
+            backend_labels(Some((&b.pool, &b.name))).trim_end_matches(','),
             b.breaker
         );
     }
@@ -598,19 +614,19 @@ pub fn render(workers: &[MetricsSnapshot], backends: &[BackendMetrics]) -> Strin
         &mut out,
         "lb_health_checks_total",
         "counter",
-        "Active health checks, by backend and result.",
+        "Active health checks, by pool, backend and result.",
     );
     for b in &firsts {
         let _ = writeln!(
             out,
-            "lb_health_checks_total{{backend=\"{}\",result=\"success\"}} {}",
-            esc(&b.name),
+            "lb_health_checks_total{{{}result=\"success\"}} {}",
+            backend_labels(Some((&b.pool, &b.name))),
             b.checks_ok
         );
         let _ = writeln!(
             out,
-            "lb_health_checks_total{{backend=\"{}\",result=\"failure\"}} {}",
-            esc(&b.name),
+            "lb_health_checks_total{{{}result=\"failure\"}} {}",
+            backend_labels(Some((&b.pool, &b.name))),
             b.checks_failed
         );
     }
@@ -725,6 +741,7 @@ mod tests {
     fn backend(id: u32, name: &str) -> BackendMetrics {
         BackendMetrics {
             id: BackendId(id),
+            pool: "default".into(),
             name: name.into(),
             up: true,
             breaker: 0,
@@ -785,7 +802,7 @@ mod tests {
         assert_eq!(s.total_requests(), 3);
         let text = render(&[s], &[backend(0, "127.0.0.1:1")]);
         assert!(text.contains(
-            "lb_requests_total{backend=\"127.0.0.1:1\",method=\"GET\",status=\"200\",source=\"backend\"} 2\n"
+            "lb_requests_total{pool=\"default\",backend=\"127.0.0.1:1\",method=\"GET\",status=\"200\",source=\"backend\"} 2\n"
         ));
         assert!(text.contains(
             "lb_requests_total{backend=\"none\",method=\"POST\",status=\"502\",source=\"balancer\"} 1\n"
@@ -796,7 +813,7 @@ mod tests {
         assert!(text.contains("lb_retries_total 1\n"));
         assert!(text.contains("lb_active_connections{side=\"client\"} 3\n"));
         assert!(
-            text.contains("lb_health_checks_total{backend=\"127.0.0.1:1\",result=\"failure\"} 1\n")
+            text.contains("lb_health_checks_total{pool=\"default\",backend=\"127.0.0.1:1\",result=\"failure\"} 1\n")
         );
         assert!(text.contains("lb_worker_requests_total{worker=\"0\"} 3\n"));
     }
@@ -808,10 +825,10 @@ mod tests {
         served(&m, 0, 504, false);
         let text = render(&[m.snapshot(0, 0)], &[backend(0, "10.0.0.1:80")]);
         assert!(text.contains(
-            "lb_requests_total{backend=\"10.0.0.1:80\",method=\"GET\",status=\"500\",source=\"backend\"} 1\n"
+            "lb_requests_total{pool=\"default\",backend=\"10.0.0.1:80\",method=\"GET\",status=\"500\",source=\"backend\"} 1\n"
         ));
         assert!(text.contains(
-            "lb_requests_total{backend=\"10.0.0.1:80\",method=\"GET\",status=\"504\",source=\"balancer\"} 1\n"
+            "lb_requests_total{pool=\"default\",backend=\"10.0.0.1:80\",method=\"GET\",status=\"504\",source=\"balancer\"} 1\n"
         ));
     }
 
@@ -844,11 +861,15 @@ mod tests {
             ("10", 3),
             ("+Inf", 4),
         ] {
-            let line = format!("{name}_bucket{{backend=\"10.0.0.1:80\",le=\"{le}\"}} {n}\n");
+            let line = format!(
+                "{name}_bucket{{pool=\"default\",backend=\"10.0.0.1:80\",le=\"{le}\"}} {n}\n"
+            );
             assert!(text.contains(&line), "no {line:?} in\n{text}");
         }
-        assert!(text.contains(&format!("{name}_count{{backend=\"10.0.0.1:80\"}} 4\n")));
-        let sum_line = format!("{name}_sum{{backend=\"10.0.0.1:80\"}} ");
+        assert!(text.contains(&format!(
+            "{name}_count{{pool=\"default\",backend=\"10.0.0.1:80\"}} 4\n"
+        )));
+        let sum_line = format!("{name}_sum{{pool=\"default\",backend=\"10.0.0.1:80\"}} ");
         let sum: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix(sum_line.as_str()))
@@ -857,10 +878,14 @@ mod tests {
         assert!((sum - 30.0803).abs() < 1e-9, "sum {sum}");
         // A backend without responses yet has its series, at zero.
         assert!(text.contains(&format!(
-            "{name}_bucket{{backend=\"10.0.0.2:80\",le=\"+Inf\"}} 0\n"
+            "{name}_bucket{{pool=\"default\",backend=\"10.0.0.2:80\",le=\"+Inf\"}} 0\n"
         )));
-        assert!(text.contains(&format!("{name}_count{{backend=\"10.0.0.2:80\"}} 0\n")));
-        assert!(text.contains(&format!("{name}_sum{{backend=\"10.0.0.2:80\"}} 0\n")));
+        assert!(text.contains(&format!(
+            "{name}_count{{pool=\"default\",backend=\"10.0.0.2:80\"}} 0\n"
+        )));
+        assert!(text.contains(&format!(
+            "{name}_sum{{pool=\"default\",backend=\"10.0.0.2:80\"}} 0\n"
+        )));
     }
 
     #[test]
@@ -873,12 +898,41 @@ mod tests {
         let text = render(&[m.snapshot(0, 0)], &[backend(1, "10.0.0.1:80")]);
         assert!(!text.contains("removed"), "{text}");
         assert!(text.contains(
-            "lb_requests_total{backend=\"10.0.0.1:80\",method=\"GET\",status=\"200\",source=\"backend\"} 1\n"
+            "lb_requests_total{pool=\"default\",backend=\"10.0.0.1:80\",method=\"GET\",status=\"200\",source=\"backend\"} 1\n"
         ));
-        assert!(text.contains("lb_backend_response_seconds_count{backend=\"10.0.0.1:80\"} 1\n"));
+        assert!(text.contains(
+            "lb_backend_response_seconds_count{pool=\"default\",backend=\"10.0.0.1:80\"} 1\n"
+        ));
         assert_eq!(text.matches("lb_requests_total{").count(), 1, "{text}");
         // Every request still counts for its worker.
         assert!(text.contains("lb_worker_requests_total{worker=\"0\"} 2\n"));
+    }
+
+    #[test]
+    fn one_address_in_two_pools_is_two_series() {
+        let m = WorkerMetrics::default();
+        served(&m, 0, 200, true);
+        served(&m, 1, 500, true);
+        let mut api = backend(1, "10.0.0.1:80");
+        api.pool = "api".into();
+        api.up = false;
+        let text = render(&[m.snapshot(0, 0)], &[backend(0, "10.0.0.1:80"), api]);
+        for line in [
+            "lb_requests_total{pool=\"api\",backend=\"10.0.0.1:80\",method=\"GET\",status=\"500\",source=\"backend\"} 1\n",
+            "lb_requests_total{pool=\"default\",backend=\"10.0.0.1:80\",method=\"GET\",status=\"200\",source=\"backend\"} 1\n",
+            "lb_backend_health_status{pool=\"api\",backend=\"10.0.0.1:80\"} 0\n",
+            "lb_backend_health_status{pool=\"default\",backend=\"10.0.0.1:80\"} 1\n",
+            "lb_circuit_breaker_state{pool=\"api\",backend=\"10.0.0.1:80\"} 0\n",
+            "lb_health_checks_total{pool=\"api\",backend=\"10.0.0.1:80\",result=\"success\"} 4\n",
+            "lb_backend_response_seconds_count{pool=\"api\",backend=\"10.0.0.1:80\"} 1\n",
+            "lb_backend_response_seconds_count{pool=\"default\",backend=\"10.0.0.1:80\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line} in:\n{text}");
+        }
+        // Sorted by pool, then backend.
+        let api_at = text.find("lb_requests_total{pool=\"api\"");
+        let default_at = text.find("lb_requests_total{pool=\"default\"");
+        assert!(api_at < default_at, "{text}");
     }
 
     #[test]
@@ -891,7 +945,7 @@ mod tests {
             &[backend(0, "10.0.0.1:80"), backend(1, "10.0.0.1:80")],
         );
         assert!(text.contains(
-            "lb_requests_total{backend=\"10.0.0.1:80\",method=\"GET\",status=\"200\",source=\"backend\"} 2\n"
+            "lb_requests_total{pool=\"default\",backend=\"10.0.0.1:80\",method=\"GET\",status=\"200\",source=\"backend\"} 2\n"
         ));
         assert_eq!(
             text.matches("lb_backend_health_status{").count(),

@@ -454,7 +454,8 @@ fn metrics_count_what_was_sent() {
     for s in m.matching("lb_requests_total", &[]) {
         let b = &s.labels["backend"];
         assert!(names.contains(b), "unknown backend label in {s:?}");
-        assert_eq!(s.labels.len(), 4, "labels of {s:?}");
+        assert_eq!(s.labels.len(), 5, "labels of {s:?}");
+        assert_eq!(s.labels["pool"], "default", "{s:?}");
         // Every one of these answers is a backend's, the 404s included.
         assert_eq!(s.labels["source"], "backend", "{s:?}");
     }

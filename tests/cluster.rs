@@ -668,6 +668,117 @@ fn register_through_a_routes_through_b() {
 // 2. Deletion through one instance drains and stops routing on the others
 // ---------------------------------------------------------------------------
 
+/// Polls `GET path` through the node until `backend_port` answers (any
+/// status: `ekilibri-backend` answers 404 for paths it does not serve).
+#[track_caller]
+fn wait_path_reaches(node: &Node, path: &str, backend_port: u16) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let hit = poll_until(PROPAGATION, || {
+        let o = try_request(node.port(), "GET", path);
+        *seen.entry(describe(&o)).or_insert(0) += 1;
+        matches!(o, Ok((_, Some(p))) if p == backend_port).then_some(())
+    });
+    assert!(
+        hit.is_some(),
+        "{}: GET {path} never reached {backend_port}; answers: {seen:?}; servers: {:?}\n{}",
+        node.name,
+        node.addresses(),
+        node.log()
+    );
+}
+
+#[test]
+fn each_pool_has_its_own_key_space() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let prefix = unique_prefix();
+    let s = spawn_backend();
+    let e1 = spawn_backend();
+    let e2 = spawn_backend();
+    // Pool api starts empty (allowed in cluster mode) and checks `/stats`.
+    let toml = format!(
+        "{}\n[pools.api]\nservers = []\nhealth_check_path = \"/stats\"\n\n\
+         [[routes]]\npath_prefix = \"/api/\"\npool = \"api\"\n",
+        cluster_toml(&[s.port], &etcd.endpoint(), &prefix)
+    );
+    let a = Node::from_toml("A", &toml);
+    let b = Node::from_toml("B", &toml);
+    for n in [&a, &b] {
+        n.wait_connected(true, WAIT);
+    }
+    let in_pool = |n: &Node, pool: &str, addr: &str| {
+        n.servers()
+            .into_iter()
+            .find(|v| v["pool"] == pool && v["address"] == addr)
+    };
+
+    // Another writer registers e1 under pool api's keys: both instances
+    // apply it to pool api, and route only `/api/` requests to it.
+    let e1_key = format!("{prefix}pools/api/servers/{}", e1.addr());
+    etcd.put(&e1_key, &value_of(&e1.addr()));
+    for n in [&a, &b] {
+        wait_path_reaches(n, "/api/x", e1.port);
+        let v = in_pool(n, "api", &e1.addr())
+            .unwrap_or_else(|| panic!("{}: e1 not in pool api: {:?}", n.name, n.addresses()));
+        assert_eq!(
+            (&v["source"], &v["key"]),
+            (&Value::from("etcd"), &Value::from(e1_key.as_str())),
+            "{v}"
+        );
+        assert!(in_pool(n, "default", &e1.addr()).is_none(), "{}", n.name);
+        // `/` stays in the default pool (its probes still reach e1, so
+        // count by the answering port, not e1's request counter).
+        for _ in 0..10 {
+            let o = try_request(n.port(), "GET", "/");
+            assert!(
+                matches!(o, Ok((200, Some(p))) if p == s.port),
+                "{}: {}",
+                n.name,
+                describe(&o)
+            );
+        }
+    }
+
+    // POST with "pool": "api" writes the pool's key, not the default pool's;
+    // with no check, every instance uses the pool's health_check_path.
+    let body = format!(r#"{{"address": "{}", "pool": "api"}}"#, e2.addr());
+    let (status, v) = a.json("POST", "/servers", &body);
+    assert_eq!(status, 201, "{v}\n{}", a.log());
+    assert_eq!(v["pool"], "api", "{v}");
+    let e2_key = format!("{prefix}pools/api/servers/{}", e2.addr());
+    let stored = etcd.get_value(&e2_key).unwrap_or_else(|| {
+        panic!(
+            "no key {e2_key}: {}",
+            etcd.ctl(&["get", "--prefix", &prefix])
+        )
+    });
+    assert_eq!(stored["address"], e2.addr().as_str(), "{stored}");
+    assert!(etcd.get(&key_of(&prefix, &e2.addr())).is_none());
+    for n in [&a, &b] {
+        wait_path_reaches(n, "/api/x", e2.port);
+        let v = in_pool(n, "api", &e2.addr())
+            .unwrap_or_else(|| panic!("{}: e2 not in pool api: {:?}", n.name, n.addresses()));
+        assert_eq!(v["check"]["path"], "/stats", "{}: {v}", n.name);
+    }
+
+    // DELETE through B with `?pool=api` deletes that key everywhere.
+    let r = b.call("DELETE", &format!("/servers/{}?pool=api", e2.addr()), "");
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(etcd.get(&e2_key).is_none(), "{e2_key} still in etcd");
+    let gone = poll_until(PROPAGATION, || {
+        in_pool(&a, "api", &e2.addr()).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "A still has e2: {:?}", a.addresses());
+    // An unknown pool is refused before anything is written.
+    let body = format!(r#"{{"address": "{}", "pool": "web"}}"#, e2.addr());
+    let (status, v) = a.json("POST", "/servers", &body);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        etcd.get(&format!("{prefix}pools/web/servers/{}", e2.addr()))
+            .is_none()
+    );
+}
+
 #[test]
 fn delete_through_b_drains_and_stops_routing_on_a() {
     let _serial = serial();

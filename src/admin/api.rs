@@ -59,10 +59,12 @@ pub trait Api {
     async fn scrape(&self) -> Vec<MetricsSnapshot>;
     /// Registers (or renews) a backend; the status to answer and its id.
     async fn register(&self, spec: Spec, mode: Mode) -> Result<(u16, BackendId), Refusal>;
-    /// Removes a backend by id or address once its requests are done.
+    /// Removes a backend by id, or by address in pool `pool`, once its
+    /// requests are done.
     async fn deregister(
         &self,
         id: Option<BackendId>,
+        pool: &str,
         addr: Option<SocketAddr>,
     ) -> Result<(), Refusal>;
     /// Re-reads the configuration file.

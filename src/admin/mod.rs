@@ -22,6 +22,7 @@
 //! executor through the [`Api`] trait it implements.
 
 pub mod api;
+mod pool_param;
 mod routes;
 
 use std::cell::Cell;

@@ -1,6 +1,10 @@
 //! The admin API's routes: metrics, health, readiness, servers, stats,
 //! reload. Every GET route also answers HEAD (the listener drops the body);
 //! a method a route does not take gets 405 with `Allow`.
+//!
+//! A server is named by its id, or by its address and pool: the pool is the
+//! `pool` member of a `POST`/`PUT` body or the `?pool=NAME` query parameter
+//! ([`super::pool_param`]), `default` when neither is given.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::api::{Api, Mode};
+use super::pool_param;
 use super::{Reply, Request};
 use crate::backend::BackendId;
 use crate::cluster::{self, Spec};
@@ -100,16 +105,29 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
             Reply::json(if stalled.is_empty() { 200 } else { 503 }, v)
         }
         ("GET", "/servers") => {
+            // `?pool=NAME` lists one pool's servers.
+            let pool = match pool_query(&req.path, api) {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
             let scrape = api.scrape().await;
             let per = per_backend(&scrape);
             let list: Vec<Value> = api
                 .backends()
                 .iter()
+                .filter(|b| pool.as_deref().is_none_or(|p| *b.backend.pool == *p))
                 .map(|b| server_json(b, per.get(&b.backend.id).copied().unwrap_or_default()))
                 .collect();
             Reply::json(200, Value::Array(list))
         }
-        ("POST", "/servers") => add_server(&req.body, api).await,
+        ("POST", "/servers") => match pool_param::pool_query(&req.path) {
+            Ok(None) => add_server(&req.body, api).await,
+            Ok(Some(_)) => Reply::error(
+                400,
+                "POST /servers takes the pool as the body's `pool` member, not a query parameter",
+            ),
+            Err(why) => Reply::error(400, why),
+        },
         ("GET", "/stats") => {
             let scrape = api.scrape().await;
             let per = per_backend(&scrape);
@@ -136,6 +154,7 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
                     let c = per.get(&b.backend.id).copied().unwrap_or_default();
                     json!({
                         "id": b.backend.id.0,
+                        "pool": &*b.backend.pool,
                         "address": b.backend.name,
                         "server": {"success": c.success, "failed": c.failed},
                         "inflight": c.inflight,
@@ -152,15 +171,34 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
             let target = &p["/servers/".len()..];
             let id = target.parse::<u32>().ok().map(BackendId);
             let addr = target.parse::<SocketAddr>().ok();
+            // Given with an id, the pool must be the id's; with an address,
+            // it says which of the address's backends is meant.
+            let asked = match pool_query(&req.path, api) {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
+            let pool = asked
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_POOL.to_string());
+            let in_pool = |b: &BackendInfo| {
+                if Some(b.backend.id) == id {
+                    asked.as_deref().is_none_or(|p| *b.backend.pool == *p)
+                } else {
+                    Some(b.backend.addr) == addr && *b.backend.pool == *pool
+                }
+            };
             match m {
                 "DELETE" if id.is_some() || addr.is_some() => {
-                    match api.deregister(id, addr).await {
+                    if id.is_some() && asked.is_some() && !api.backends().iter().any(in_pool) {
+                        return Reply::error(404, format!("no server `{target}` in pool `{pool}`"));
+                    }
+                    match api.deregister(id, &pool, addr).await {
                         Ok(()) => Reply::empty(204),
                         Err((status, msg)) => Reply::error(status, msg),
                     }
                 }
                 "PUT" => match addr {
-                    Some(a) => put_server(a, &req.body, api).await,
+                    Some(a) => put_server(a, asked.as_deref(), &req.body, api).await,
                     None => Reply::error(
                         404,
                         format!("PUT takes the server's address: /servers/ip:port, not `{target}`"),
@@ -168,12 +206,12 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
                 },
                 "GET" => {
                     let views = api.backends();
-                    match views
-                        .iter()
-                        .find(|b| Some(b.backend.id) == id || Some(b.backend.addr) == addr)
-                    {
+                    match views.iter().find(|b| in_pool(b)) {
                         Some(b) => Reply::json(200, server_json(b, BackendCounts::default())),
-                        None => Reply::error(404, format!("no server `{target}`")),
+                        None if id.is_some() && asked.is_none() => {
+                            Reply::error(404, format!("no server `{target}`"))
+                        }
+                        None => Reply::error(404, format!("no server `{target}` in pool `{pool}`")),
                     }
                 }
                 _ => Reply::error(404, format!("no server `{target}`")),
@@ -181,6 +219,18 @@ pub(super) async fn route(req: Request, api: &impl Api) -> Reply {
         }
         // `allowed` and this match list the same routes.
         _ => Reply::error(404, "not found"),
+    }
+}
+
+/// The configured pool a `?pool=NAME` query names, `None` when it names
+/// none; a 400 for an unknown pool or another parameter.
+fn pool_query(target: &str, api: &impl Api) -> Result<Option<String>, Reply> {
+    match pool_param::pool_query(target) {
+        Ok(None) => Ok(None),
+        Ok(Some(q)) => pool_param::resolve(&api.config(), None, Some(q))
+            .map(Some)
+            .map_err(|why| Reply::error(400, why)),
+        Err(why) => Err(Reply::error(400, why)),
     }
 }
 
@@ -204,6 +254,7 @@ fn server_json(b: &BackendInfo, c: BackendCounts) -> Value {
     };
     json!({
         "id": b.backend.id.0,
+        "pool": &*b.backend.pool,
         "address": b.backend.name,
         "weight": b.backend.weight,
         "health": if b.up { "up" } else { "down" },
@@ -228,6 +279,8 @@ fn server_json(b: &BackendInfo, c: BackendCounts) -> Value {
 #[serde(deny_unknown_fields)]
 struct NewServer {
     address: String,
+    /// The pool it joins (`default` when absent).
+    pool: Option<String>,
     weight: Option<u32>,
     check: Option<NewCheck>,
     ttl: Option<u64>,
@@ -237,6 +290,8 @@ struct NewServer {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct PutServer {
+    /// The pool (or `?pool=NAME`; both must agree when both are given).
+    pool: Option<String>,
     weight: Option<u32>,
     check: Option<NewCheck>,
     ttl: Option<u64>,
@@ -266,6 +321,7 @@ fn parse_address(address: &str) -> Result<SocketAddr, Reply> {
 
 /// Checks the optional members of a registration into a [`Spec`].
 fn spec_of(
+    pool: String,
     addr: SocketAddr,
     weight: Option<u32>,
     check: Option<NewCheck>,
@@ -282,7 +338,7 @@ fn spec_of(
         Some(t) => Some(cluster::check_ttl(t).map_err(bad)?),
     };
     Ok(Spec {
-        pool: crate::config::DEFAULT_POOL.to_string(),
+        pool,
         addr,
         weight,
         check,
@@ -308,8 +364,12 @@ async fn add_server(body: &[u8], api: &impl Api) -> Reply {
         Ok(n) => n,
         Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
     };
+    let pool = match pool_param::resolve(&api.config(), new.pool.as_deref(), None) {
+        Ok(p) => p,
+        Err(why) => return Reply::error(400, why),
+    };
     let spec = match parse_address(&new.address)
-        .and_then(|addr| spec_of(addr, new.weight, new.check, new.ttl))
+        .and_then(|addr| spec_of(pool, addr, new.weight, new.check, new.ttl))
     {
         Ok(s) => s,
         Err(r) => return r,
@@ -322,7 +382,7 @@ async fn add_server(body: &[u8], api: &impl Api) -> Reply {
     registered(api.register(spec, Mode::Create).await, api)
 }
 
-async fn put_server(addr: SocketAddr, body: &[u8], api: &impl Api) -> Reply {
+async fn put_server(addr: SocketAddr, query: Option<&str>, body: &[u8], api: &impl Api) -> Reply {
     let put: PutServer = if body.iter().all(u8::is_ascii_whitespace) {
         PutServer::default()
     } else {
@@ -331,7 +391,11 @@ async fn put_server(addr: SocketAddr, body: &[u8], api: &impl Api) -> Reply {
             Err(e) => return Reply::error(400, format!("invalid JSON: {e}")),
         }
     };
-    let spec = match spec_of(addr, put.weight, put.check, put.ttl) {
+    let pool = match pool_param::resolve(&api.config(), put.pool.as_deref(), query) {
+        Ok(p) => p,
+        Err(why) => return Reply::error(400, why),
+    };
+    let spec = match spec_of(pool, addr, put.weight, put.check, put.ttl) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -345,6 +409,7 @@ async fn metrics_reply(api: &impl Api) -> Reply {
         .iter()
         .map(|b| BackendMetrics {
             id: b.backend.id,
+            pool: b.backend.pool.to_string(),
             name: b.backend.name.clone(),
             up: b.up,
             breaker: b.breaker.as_number(),

@@ -66,11 +66,10 @@ impl Api for Handle {
     async fn deregister(
         &self,
         id: Option<BackendId>,
+        pool: &str,
         addr: Option<SocketAddr>,
     ) -> Result<(), Refusal> {
-        self.0
-            .deregister(id, crate::config::DEFAULT_POOL, addr)
-            .await
+        self.0.deregister(id, pool, addr).await
     }
 
     fn reload(&self) -> Result<String, String> {
