@@ -28,7 +28,7 @@ use tracing::{debug, info};
 use crate::access_log::WorkerLog;
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
-use crate::balancer::{self, Balancer, Rng};
+use crate::balancer::{self, Rng, Selector};
 use crate::config::Config;
 use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Snapshot};
 use crate::messages::FromWorker;
@@ -60,7 +60,7 @@ pub struct Context {
     /// only core-local memory, never the shared `Arc` count.
     #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
-    balancer: RefCell<Box<dyn Balancer>>,
+    balancer: RefCell<Selector>,
     /// Idle keep-alive connections to the backends.
     pub pool: RefCell<Pool>,
     /// Passive failure reports and metrics to the control executor; the
@@ -237,14 +237,19 @@ impl Context {
         *self.snapshot.borrow_mut() = Rc::new(snap);
     }
 
-    /// Picks a backend index in `snapshot`.
-    pub fn pick(
+    /// Selects a backend index in `snapshot`, avoiding `exclude` while
+    /// another is accepted and skipping what `accept` refuses
+    /// ([`Selector::select`]).
+    pub fn select(
         &self,
         snapshot: &Snapshot,
         client: IpAddr,
-        exclude: Option<usize>,
+        exclude: impl IntoIterator<Item = usize>,
+        accept: impl FnMut(usize) -> bool,
     ) -> Option<usize> {
-        self.balancer.borrow_mut().pick(snapshot, client, exclude)
+        self.balancer
+            .borrow_mut()
+            .select(snapshot, client, exclude, accept)
     }
 
     /// Reports a passive failure to the control executor without waiting; a
