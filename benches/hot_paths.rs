@@ -12,10 +12,12 @@
 //! - `chunked ...`: `ChunkedDecoder` over a 64 KiB body in 4 KiB chunks, in
 //!   `Rechunk` and `Decode` modes, fed in one call (throughput in MB/s of
 //!   payload, 1 MB = 10^6 bytes).
-//! - `pick ...`: `Balancer::pick` for every strategy with 3, 100 and 1000
+//! - `pick ...`: `Selector::select` for every strategy with 3, 100 and 1000
 //!   backends (all up, weights cycling 1, 2, 3, client IPs cycling over 1024
 //!   addresses, no requests in flight), and WeightedRoundRobin with weights
-//!   999/1000, whose sequence is too long to precompute (picks run live).
+//!   999/1000, whose sequence is too long to precompute (picks run live);
+//!   then with 100 backends, one excluded (a retry) or the first choice
+//!   refused (a half-open backend without a trial slot).
 //! - `update ...`: `Balancer::update` with 1000 backends and the same
 //!   snapshot every time, plus WeightedRoundRobin with every weight at 100.
 //!   Then the cases of issue 13, where each op alternates between two
@@ -518,18 +520,21 @@ fn balancer_benches(h: &Harness) {
     let ips = client_ips();
     for n in [3, 100, 1000] {
         h.section(&format!(
-            "backend selection: Balancer::pick, {n} backends up"
+            "backend selection: Selector::select, {n} backends up, nothing passed over"
         ));
         let snap = snapshot(n, None);
         for (strategy, label) in STRATEGIES {
             let mut b = balancer::new(strategy, 0x5eed);
             b.update(&snap);
-            assert!(b.pick(&snap, ips[0], None).is_some_and(|i| i < n));
+            assert!(
+                b.select(&snap, ips[0], None, |_| true)
+                    .is_some_and(|i| i < n)
+            );
             let mut k = 0usize;
             h.bench(&format!("pick {label} n={n}"), None, || {
                 let ip = ips[k & 1023];
                 k = k.wrapping_add(1);
-                black_box(b.pick(black_box(&snap), ip, None));
+                black_box(b.select(black_box(&snap), ip, None, |_| true));
             });
         }
     }
@@ -542,9 +547,38 @@ fn balancer_benches(h: &Harness) {
             &format!("pick WeightedRoundRobin n={n} weights 999/1000"),
             None,
             || {
-                black_box(b.pick(black_box(&snap), CLIENT_V4, None));
+                black_box(b.select(black_box(&snap), CLIENT_V4, None, |_| true));
             },
         );
+    }
+
+    // A retry (one backend excluded, cycling over them: mostly not the one
+    // the strategy would choose) and a half-open backend without a trial
+    // slot (the strategy's first choice refused, so it chooses twice).
+    let n = 100;
+    h.section(&format!(
+        "backend selection: Selector::select, {n} backends up, one passed over"
+    ));
+    let snap = snapshot(n, None);
+    for (strategy, label) in STRATEGIES {
+        let mut b = balancer::new(strategy, 0x5eed);
+        b.update(&snap);
+        let mut k = 0usize;
+        h.bench(&format!("pick {label} n={n} 1 excluded"), None, || {
+            let ip = ips[k & 1023];
+            k = k.wrapping_add(1);
+            black_box(b.select(black_box(&snap), ip, Some(k % n), |_| true));
+        });
+        let mut k = 0usize;
+        h.bench(&format!("pick {label} n={n} first refused"), None, || {
+            let ip = ips[k & 1023];
+            k = k.wrapping_add(1);
+            let mut asked = 0;
+            black_box(b.select(black_box(&snap), ip, None, |_| {
+                asked += 1;
+                asked > 1
+            }));
+        });
     }
 
     h.section("snapshot change: Balancer::update, 1000 backends up");

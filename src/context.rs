@@ -28,7 +28,7 @@ use tracing::{debug, info};
 use crate::access_log::WorkerLog;
 use crate::backend::BackendId;
 use crate::backend::pool::Pool;
-use crate::balancer::{self, Balancer, Rng};
+use crate::balancer::{self, Rng, Selector};
 use crate::config::{BackendLimits, Config, PoolConfig};
 use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Snapshot};
 use crate::messages::FromWorker;
@@ -101,7 +101,7 @@ struct Lane {
     /// This pool's backends only; balancer indices point into it.
     #[allow(clippy::redundant_allocation)]
     snapshot: Rc<Arc<Snapshot>>,
-    balancer: Box<dyn Balancer>,
+    balancer: Selector,
     budget: Rc<RefCell<RetryBudget>>,
 }
 
@@ -329,16 +329,19 @@ impl Context {
         *self.snapshot.borrow_mut() = Rc::new(snap);
     }
 
-    /// Picks a backend index in `snapshot`, the snapshot of pool `name`.
-    pub fn pick(
+    /// Selects a backend index in `snapshot`, the snapshot of pool `name`,
+    /// avoiding `exclude` while another is accepted and skipping what
+    /// `accept` refuses ([`Selector::select`]).
+    pub fn select(
         &self,
         lane: usize,
         name: &str,
         snapshot: &Snapshot,
         client: IpAddr,
-        exclude: Option<usize>,
+        exclude: impl IntoIterator<Item = usize>,
+        accept: impl FnMut(usize) -> bool,
     ) -> Option<usize> {
-        self.with_lane(lane, name, |l| l.balancer.pick(snapshot, client, exclude))
+        self.with_lane(lane, name, |l| l.balancer.select(snapshot, client, exclude, accept))
             .flatten()
     }
 

@@ -34,7 +34,8 @@
 //!   slots, breaker trials, retry budget, counters, metrics, access-log
 //!   buffer. Knows nothing of connections, proxying or the accept loop.
 //! - [`retry`]: the per-worker retry budget and the backoff delay.
-//! - [`balancer`]: one strategy per file behind the [`balancer::Balancer`] trait.
+//! - [`balancer`]: one strategy per file behind the [`balancer::Balancer`] trait;
+//!   [`balancer::Selector::select`] decides the candidates for all of them.
 //! - [`health`]: the health state machine (thresholds, passive failures,
 //!   breakers), what a check is, and the [`health::Snapshot`] workers route
 //!   by. Knows nothing of admin, etcd or config files.

@@ -159,11 +159,11 @@ pub async fn handle(
     let budget = cx.budget(lane, &pool.name);
     budget.borrow_mut().on_request();
     let mut retries_done = 0u32;
-    // Excluded by id, not index: the backend set may change between tries.
-    let mut exclude: Option<BackendId> = None;
+    // The backends this request failed on, oldest first, by id, not index:
+    // the backend set may change between tries. Allocates only on a retry.
+    let mut tried: Vec<BackendId> = Vec::new();
     let mut fresh = false;
     let mut stale_retry_used = false;
-    let mut skipped = 0usize;
     let mut last_backend: Option<BackendId> = None;
     // The failure being retried, and where. If the retry cannot be placed
     // (no backend left, breakers open, no slot), the client gets this error:
@@ -174,33 +174,35 @@ pub async fn handle(
         // Read the snapshot on every try: the balancer's indices refer to the
         // latest one, and a retry may come after a change of the backend set.
         let snap = cx.pool_snapshot(lane, &pool.name);
-        let exclude_idx =
-            exclude.and_then(|id| snap.backends.iter().position(|b| b.backend.id == id));
-        let Some(view) = cx
-            .pick(lane, &pool.name, &snap, ex.client.peer.ip(), exclude_idx)
-            .and_then(|idx| snap.backends.get(idx))
-        else {
-            break Err(unplaced(
-                &mut retrying,
-                &mut last_backend,
-                ProxyError::NoBackend,
-            ));
+        let exclude = tried
+            .iter()
+            .filter_map(|&id| snap.backends.iter().position(|b| b.backend.id == id));
+        // A half-open breaker lets a bounded number of trials through: one
+        // with no slot left is refused and the balancer chooses another.
+        let (mut trial, mut refused) = (None, false);
+        let picked = cx.select(lane, &pool.name, &snap, ex.client.peer.ip(), exclude, |i| {
+            match snap.backends.get(i).and_then(|v| cx.try_trial(pool, v)) {
+                Some(t) => {
+                    trial = t;
+                    true
+                }
+                None => {
+                    refused = true;
+                    false
+                }
+            }
+        });
+        let _trial = trial;
+        let Some(view) = picked.and_then(|idx| snap.backends.get(idx)) else {
+            let cause = if refused {
+                ProxyError::Overloaded
+            } else {
+                ProxyError::NoBackend
+            };
+            break Err(unplaced(&mut retrying, &mut last_backend, cause));
         };
         let backend = &view.backend;
         last_backend = Some(backend.id);
-        // A half-open breaker lets a bounded number of trials through.
-        let Some(_trial) = cx.try_trial(pool, view) else {
-            skipped += 1;
-            if skipped >= snap.backends.len() {
-                break Err(unplaced(
-                    &mut retrying,
-                    &mut last_backend,
-                    ProxyError::Overloaded,
-                ));
-            }
-            exclude = Some(backend.id);
-            continue;
-        };
         let _slot = match cx.acquire_slot(&pool.limits, backend.id).await {
             Ok(p) => p,
             Err(e) => {
@@ -280,7 +282,7 @@ pub async fn handle(
                 if !delay.is_zero() {
                     glommio::timer::sleep(delay).await;
                 }
-                exclude = Some(backend.id);
+                tried.push(backend.id);
                 fresh = false;
                 retrying = Some((e, backend.id));
             }

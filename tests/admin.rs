@@ -17,8 +17,8 @@ use prometheus::{Exposition, parse_exposition};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::io::Write;
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -1058,74 +1058,40 @@ struct HoldBackend {
     port: u16,
     held: Arc<AtomicUsize>,
     release: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    /// Stops accepting when dropped; its stop flag releases a held request.
+    _server: ThreadedServer,
 }
 
 impl HoldBackend {
     fn start() -> HoldBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let held = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let proxied = Arc::new(AtomicUsize::new(0));
-        let (held2, release2, stop2) = (held.clone(), release.clone(), stop.clone());
-        let handle = thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let (held3, release3, proxied3) =
-                            (held2.clone(), release2.clone(), proxied.clone());
-                        thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                            let mut got = Vec::new();
-                            let mut tmp = [0u8; 4096];
-                            while find(&got, b"\r\n\r\n").is_none() {
-                                match s.read(&mut tmp) {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => got.extend_from_slice(&tmp[..n]),
-                                }
-                            }
-                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-                            if find(&got, b"ekilibri-health").is_none()
-                                && proxied3.fetch_add(1, Ordering::SeqCst) == 0
-                            {
-                                held3.store(1, Ordering::SeqCst);
-                                poll_until(Duration::from_secs(10), || {
-                                    release3.load(Ordering::SeqCst).then_some(())
-                                });
-                            } else {
-                                let _ = s.write_all(ok);
-                            }
-                            let _ = s.shutdown(Shutdown::Both);
-                        });
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
+        let proxied = AtomicUsize::new(0);
+        let (held2, release2) = (held.clone(), release.clone());
+        let server = ThreadedServer::start(move |mut s, _, stop| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut got = Vec::new();
+            if !read_request_head(&mut s, &mut got) {
+                return;
             }
+            if find(&got, b"ekilibri-health").is_none()
+                && proxied.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                held2.store(1, Ordering::SeqCst);
+                poll_until(Duration::from_secs(10), || {
+                    (release2.load(Ordering::SeqCst) || stop.load(Ordering::SeqCst)).then_some(())
+                });
+            } else {
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                let _ = s.write_all(ok);
+            }
+            let _ = s.shutdown(Shutdown::Both);
         });
         HoldBackend {
-            port,
+            port: server.port,
             held,
             release,
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for HoldBackend {
-    fn drop(&mut self) {
-        self.release.store(true, Ordering::SeqCst);
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            _server: server,
         }
     }
 }

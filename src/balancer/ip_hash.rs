@@ -18,7 +18,14 @@
 //! others as the turns shift (0.2% to 0.8% of all clients when 1 of 10 is
 //! removed, see the tests).
 //!
-//! Costs: a pick is one table read, O(1). An update that changes health only
+//! A client whose backend the select passes over (a retry's, a half-open
+//! one without a trial slot) goes to the owner of the next entry after its
+//! own whose backend is up and not passed over: the same fallback on every
+//! worker and every try, and the way its entries spill when its backend is
+//! down.
+//!
+//! Costs: a pick is one table read, O(1) (a fallback walks the table until
+//! an owner qualifies: a few entries unless most backends are passed over). An update that changes health only
 //! is one pass over the table, O([`TABLE_SIZE`]); a rebuild is
 //! O([`TABLE_SIZE`] log [`TABLE_SIZE`]) probes, whatever the weights.
 //! Memory: two arrays of [`TABLE_SIZE`] `u32` per worker (256 KiB).
@@ -27,7 +34,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
-use super::Balancer;
+use super::{Balancer, Skip};
 use crate::health::Snapshot;
 
 /// Entries in the lookup table. A prime, so every step size walks the whole
@@ -263,27 +270,27 @@ impl Balancer for IpHash {
         }
     }
 
-    fn pick(&mut self, _: &Snapshot, client: IpAddr, exclude: Option<usize>) -> Option<usize> {
+    fn choose(&mut self, _: &Snapshot, client: IpAddr, skip: &Skip) -> Option<usize> {
         if self.route.is_empty() {
             return None;
         }
         let e = entry_of(client);
         let chosen = self.route[e] as usize;
-        if Some(chosen) != exclude {
+        if skip.is_empty() || !skip.contains(chosen) {
             return Some(chosen);
         }
-        // A retry: the next entry whose owner is up and not the excluded one.
+        // Passed over: the owner of the next entry that is up and not
+        // passed over.
         (1..TABLE_SIZE)
             .map(|k| self.owner[(e + k) % TABLE_SIZE] as usize)
-            .find(|&o| o != chosen && self.up[o])
-            .or(Some(chosen))
+            .find(|&o| self.up[o] && !skip.contains(o))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_util::{named, snapshot};
+    use crate::balancer::test_util::{named, selector, skip, snapshot};
 
     fn ips(n: u32) -> Vec<IpAddr> {
         (0..n)
@@ -291,33 +298,81 @@ mod tests {
             .collect()
     }
 
+    /// The backend a client goes to, nothing passed over.
+    fn pick(b: &mut IpHash, s: &Snapshot, ip: IpAddr) -> usize {
+        b.choose(s, ip, &Skip::default()).unwrap()
+    }
+
     /// The backend name each client goes to.
     fn names(b: &mut IpHash, s: &Snapshot, clients: &[IpAddr]) -> Vec<String> {
         clients
             .iter()
-            .map(|&ip| {
-                s.backends[b.pick(s, ip, None).unwrap()]
-                    .backend
-                    .name
-                    .clone()
-            })
+            .map(|&ip| s.backends[pick(b, s, ip)].backend.name.clone())
             .collect()
     }
 
     #[test]
     fn same_client_same_backend() {
         let s = snapshot(&[1, 1, 1], &[true, true, true]);
-        let mut b = IpHash::default();
-        b.update(&s);
+        let mut b = selector(IpHash::default(), &s);
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let first = b.pick(&s, ip, None);
+        let first = b.select(&s, ip, None, |_| true);
         for _ in 0..10 {
-            assert_eq!(b.pick(&s, ip, None), first);
+            assert_eq!(b.select(&s, ip, None, |_| true), first);
         }
-        assert_ne!(b.pick(&s, ip, first), first);
+        assert_ne!(b.select(&s, ip, first, |_| true), first);
         let none = snapshot(&[1, 1], &[false, false]);
         b.update(&none);
-        assert_eq!(b.pick(&none, ip, None), None);
+        assert_eq!(b.select(&none, ip, None, |_| true), None);
+    }
+
+    #[test]
+    fn passed_over_clients_fall_back_deterministically_and_stick() {
+        let clients = ips(2000);
+        let s = snapshot(&[1, 2, 1, 3, 1], &[true, true, false, true, true]);
+        let mut b = selector(IpHash::default(), &s);
+        let mut table = IpHash::default();
+        table.update(&s);
+        let mut moved = [0u32; 5];
+        for &ip in &clients {
+            let home = pick(&mut table, &s, ip);
+            // Excluded or refused, the fallback is one and the same backend,
+            // try after try: the next entry's owner that qualifies.
+            let by_exclusion = b.select(&s, ip, [home], |_| true).unwrap();
+            let by_refusal = b.select(&s, ip, None, |i| i != home).unwrap();
+            assert_eq!(by_exclusion, by_refusal, "{ip}");
+            assert_ne!(by_exclusion, home, "{ip}");
+            assert_ne!(by_exclusion, 2, "{ip} went to a down backend");
+            for _ in 0..3 {
+                assert_eq!(b.select(&s, ip, None, |i| i != home), Some(by_refusal));
+            }
+            // Refusing the home backend is what its going down does.
+            let mut down = s.clone();
+            down.backends[home].up = false;
+            let mut alone = IpHash::default();
+            alone.update(&down);
+            assert_eq!(pick(&mut alone, &down, ip), by_refusal, "{ip}");
+            // Refusing the fallback too: the walk goes on, still the same
+            // for every try.
+            let third = b.select(&s, ip, [home], |i| i != by_refusal).unwrap();
+            assert!(third != home && third != by_refusal && third != 2);
+            assert_eq!(
+                b.select(&s, ip, None, |i| i != home && i != by_refusal),
+                Some(third)
+            );
+            // Without refusal the client is home again.
+            assert_eq!(b.select(&s, ip, None, |_| true), Some(home));
+            moved[by_refusal] += 1;
+        }
+        // Fallbacks spread over the other backends, by weight.
+        assert!(
+            moved.iter().enumerate().all(|(i, &c)| (i == 2) == (c == 0)),
+            "{moved:?}"
+        );
+        // All refused: nobody.
+        assert_eq!(b.select(&s, clients[0], None, |_| false), None);
+        let every = skip(5, &[0, 1, 3, 4]);
+        assert_eq!(table.choose(&s, clients[0], &every), None);
     }
 
     #[test]
@@ -326,10 +381,7 @@ mod tests {
         let all = snapshot(&[1, 1, 1, 1], &[true; 4]);
         let mut b = IpHash::default();
         b.update(&all);
-        let before: Vec<_> = clients
-            .iter()
-            .map(|&ip| b.pick(&all, ip, None).unwrap())
-            .collect();
+        let before: Vec<_> = clients.iter().map(|&ip| pick(&mut b, &all, ip)).collect();
         let mut counts = [0; 4];
         for &i in &before {
             counts[i] += 1;
@@ -343,7 +395,7 @@ mod tests {
         assert_eq!(b.builds, 1, "a health change rebuilt the table");
         let mut spread = [0; 4];
         for (&ip, &was) in clients.iter().zip(&before) {
-            let now = b.pick(&down, ip, None).unwrap();
+            let now = pick(&mut b, &down, ip);
             if was == 2 {
                 spread[now] += 1;
             } else {
@@ -357,10 +409,7 @@ mod tests {
         );
         // Back up: everyone is back where they were.
         b.update(&all);
-        let after: Vec<_> = clients
-            .iter()
-            .map(|&ip| b.pick(&all, ip, None).unwrap())
-            .collect();
+        let after: Vec<_> = clients.iter().map(|&ip| pick(&mut b, &all, ip)).collect();
         assert_eq!(after, before);
         assert_eq!(b.builds, 1);
     }
@@ -428,7 +477,7 @@ mod tests {
         let clients = ips(100_000);
         let mut counts = [0u32; 5];
         for &ip in &clients {
-            counts[b.pick(&s, ip, None).unwrap()] += 1;
+            counts[pick(&mut b, &s, ip)] += 1;
         }
         for (k, &w) in weights.iter().enumerate() {
             let exact = clients.len() as f64 * f64::from(w) / f64::from(total);

@@ -1,9 +1,14 @@
-//! Uniform random choice, and the small PRNG the randomised strategies share.
+//! Uniform random choice, and the small PRNG and candidate sampling the
+//! randomised strategies share.
 
 use std::net::IpAddr;
 
-use super::{Balancer, up_indices};
+use super::{Balancer, Skip, up_indices};
 use crate::health::Snapshot;
+
+/// Draws tried before counting the candidates: with a few backends passed
+/// over among many, the first draw almost always lands on a candidate.
+const DRAWS: usize = 3;
 
 /// xorshift64*: fast, core-local, good enough for load spreading (not crypto).
 #[derive(Debug, Clone)]
@@ -31,6 +36,31 @@ impl Rng {
     }
 }
 
+/// A uniformly random element of `up` that is not `skipped`, `None` when
+/// every one is. A few draws, then one counting pass: each path is uniform
+/// over the candidates, so their mix is. O(1) unless most are skipped.
+pub(super) fn sample(
+    rng: &mut Rng,
+    up: &[usize],
+    skipped: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if up.is_empty() {
+        return None;
+    }
+    for _ in 0..DRAWS {
+        let i = up[rng.below(up.len())];
+        if !skipped(i) {
+            return Some(i);
+        }
+    }
+    let left = up.iter().filter(|&&i| !skipped(i)).count();
+    if left == 0 {
+        return None;
+    }
+    let k = rng.below(left);
+    up.iter().copied().filter(|&i| !skipped(i)).nth(k)
+}
+
 /// A uniformly random up backend.
 #[derive(Debug)]
 pub struct Random {
@@ -53,37 +83,69 @@ impl Balancer for Random {
         up_indices(snapshot, &mut self.up);
     }
 
-    fn pick(&mut self, _: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {
+    fn choose(&mut self, _: &Snapshot, _: IpAddr, skip: &Skip) -> Option<usize> {
         let n = self.up.len();
         if n == 0 {
             return None;
         }
-        let mut k = self.rng.below(n);
-        if Some(self.up[k]) == exclude && n > 1 {
-            k = (k + 1 + self.rng.below(n - 1)) % n;
+        if skip.is_empty() {
+            return Some(self.up[self.rng.below(n)]);
         }
-        Some(self.up[k])
+        sample(&mut self.rng, &self.up, |i| skip.contains(i))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_util::snapshot;
+    use crate::balancer::test_util::{selector, snapshot};
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn uses_every_backend_and_honours_exclude() {
         let s = snapshot(&[1, 1, 1], &[true, true, true]);
-        let mut b = Random::new(7);
-        b.update(&s);
-        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut b = selector(Random::new(7), &s);
         let mut seen = [0; 3];
         for _ in 0..300 {
-            seen[b.pick(&s, ip, None).unwrap()] += 1;
+            seen[b.select(&s, IP, None, |_| true).unwrap()] += 1;
         }
         assert!(seen.iter().all(|&c| c > 50), "{seen:?}");
         for _ in 0..100 {
-            assert_ne!(b.pick(&s, ip, Some(1)), Some(1));
+            assert_ne!(b.select(&s, IP, [1], |_| true), Some(1));
         }
+    }
+
+    #[test]
+    fn uniform_over_what_is_neither_excluded_nor_refused() {
+        // 10 backends, 7 passed over: the draws mostly miss, so the
+        // counting pass does most picks; the 3 left share evenly.
+        let s = snapshot(&[1; 10], &[true; 10]);
+        let mut b = selector(Random::new(3), &s);
+        let mut seen = [0u32; 10];
+        for _ in 0..3000 {
+            let i = b.select(&s, IP, [0, 1, 2, 3], |i| i < 7).unwrap();
+            seen[i] += 1;
+        }
+        assert_eq!(seen[..4], [0; 4], "{seen:?}");
+        assert_eq!(seen[7..], [0; 3], "{seen:?}");
+        assert!(
+            seen[4..7].iter().all(|&c| (900..1100).contains(&c)),
+            "{seen:?}"
+        );
+        // Everything else refused: the excluded ones are the candidates.
+        let i = b.select(&s, IP, [4, 5, 6], |i| (4..7).contains(&i));
+        assert!(i.is_some_and(|i| (4..7).contains(&i)), "{i:?}");
+    }
+
+    #[test]
+    fn sample_finds_the_last_candidate_or_none() {
+        let mut rng = Rng::new(1);
+        let up: Vec<usize> = (0..50).collect();
+        for _ in 0..20 {
+            assert_eq!(sample(&mut rng, &up, |i| i != 37), Some(37));
+        }
+        assert_eq!(sample(&mut rng, &up, |_| true), None);
+        assert_eq!(sample(&mut rng, &[], |_| false), None);
     }
 }

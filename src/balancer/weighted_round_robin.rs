@@ -18,13 +18,16 @@
 //! O(n log n) plus at most [`PRECOMPUTE_STEPS`] steps, whatever the weights,
 //! and both forms give the same sequence.
 //!
-//! An update restarts the sequence (every `c` back to 0). A retry's
-//! excluded backend still gains its weight but cannot win that pick (nginx
-//! leaves tried peers out of the step altogether).
+//! An update restarts the sequence (every `c` back to 0). A backend the
+//! select passes over (a retry's, a refused one) still gains its weight but
+//! cannot win that pick (nginx leaves tried peers out of the step
+//! altogether): live, each heap yields its best member not passed over, a
+//! search that only descends through passed-over members; precomputed, the
+//! pick walks on to the next entry naming a candidate.
 
 use std::net::IpAddr;
 
-use super::Balancer;
+use super::{Balancer, Skip};
 use crate::health::Snapshot;
 
 /// Most work (period length × (distinct weights + log2 of the up backends))
@@ -89,9 +92,9 @@ impl WeightedRoundRobin {
     }
 
     /// One step of the smooth algorithm over the live state: the snapshot
-    /// index that wins. `skip` (a snapshot index) does not win while another
-    /// backend is up.
-    fn step(&mut self, skip: Option<usize>) -> Option<usize> {
+    /// index that wins, never one in `skip`. `None`, with the state
+    /// untouched, when every up backend is in `skip`.
+    fn step(&mut self, skip: &Skip) -> Option<usize> {
         if self.members.is_empty() {
             return None;
         }
@@ -103,24 +106,22 @@ impl WeightedRoundRobin {
             }
             self.picks = 0;
         }
-        self.picks += 1;
-        let skip = skip.filter(|_| self.members.len() > 1);
+        let picks = self.picks + 1;
         // (current value, member position, group)
         let mut best: Option<(i64, usize, usize)> = None;
         for (g, group) in self.groups.iter().enumerate() {
-            let mut pos = group.start;
-            if skip == Some(self.members[pos].index as usize) {
-                // The head is skipped: the next best is one of its children.
-                let (left, right) = (pos + 1, pos + 2);
-                pos = match (left < group.end, right < group.end) {
-                    (false, _) => continue,
-                    (true, false) => left,
-                    (true, true) if self.members[right].before(&self.members[left]) => right,
-                    (true, true) => left,
-                };
-            }
+            let heap = &self.members[group.start..group.end];
+            let head = if skip.is_empty() {
+                0
+            } else {
+                match best_not_skipped(heap, 0, skip) {
+                    Some(k) => k,
+                    None => continue,
+                }
+            };
+            let pos = group.start + head;
             let m = self.members[pos];
-            let value = m.base + self.picks * group.weight;
+            let value = m.base + picks * group.weight;
             let wins = best.is_none_or(|(v, p, _)| {
                 value > v || (value == v && m.index < self.members[p].index)
             });
@@ -129,11 +130,30 @@ impl WeightedRoundRobin {
             }
         }
         let (_, pos, g) = best?;
+        self.picks = picks;
         let index = self.members[pos].index as usize;
         self.members[pos].base -= self.total;
         let group = self.groups[g];
         sift_down(&mut self.members[group.start..group.end], pos - group.start);
         Some(index)
+    }
+}
+
+/// The position of the best member of the subheap at `i` that is not in
+/// `skip`. A member not skipped beats its whole subtree, so the search only
+/// descends through skipped members: O(skipped members), recursion no
+/// deeper than the heap.
+fn best_not_skipped(heap: &[Member], i: usize, skip: &Skip) -> Option<usize> {
+    let m = heap.get(i)?;
+    if !skip.contains(m.index as usize) {
+        return Some(i);
+    }
+    let left = best_not_skipped(heap, 2 * i + 1, skip);
+    let right = best_not_skipped(heap, 2 * i + 2, skip);
+    match (left, right) {
+        (Some(l), Some(r)) if heap[r].before(&heap[l]) => Some(r),
+        (Some(l), _) => Some(l),
+        (None, r) => r,
     }
 }
 
@@ -202,46 +222,46 @@ impl Balancer for WeightedRoundRobin {
             return;
         }
         self.schedule.reserve(period);
+        let nothing = Skip::default();
         for _ in 0..period {
             // `step` finds a backend: there is at least one.
-            if let Some(i) = self.step(None) {
+            if let Some(i) = self.step(&nothing) {
                 self.schedule.push(i as u32);
             }
         }
     }
 
-    fn pick(&mut self, _: &Snapshot, _: IpAddr, exclude: Option<usize>) -> Option<usize> {
+    fn choose(&mut self, _: &Snapshot, _: IpAddr, skip: &Skip) -> Option<usize> {
         if self.is_live() {
-            return self.step(exclude);
+            return self.step(skip);
         }
+        // The next entry naming a candidate (the very next one unless some
+        // are passed over; at most one period, bounded by PRECOMPUTE_STEPS).
         let n = self.schedule.len();
-        let first = self.schedule[self.next % n] as usize;
-        self.next = self.next.wrapping_add(1);
-        if Some(first) != exclude {
-            return Some(first);
-        }
-        // Walk on to the next entry naming another backend, if any (at most
-        // one period, bounded by PRECOMPUTE_STEPS).
         for k in 0..n {
             let i = self.schedule[(self.next + k) % n] as usize;
-            if i != first {
+            if skip.is_empty() || !skip.contains(i) {
                 self.next = self.next.wrapping_add(k + 1);
                 return Some(i);
             }
         }
-        Some(first)
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_util::snapshot;
+    use crate::balancer::test_util::{selector, skip, snapshot};
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    fn pick(b: &mut WeightedRoundRobin, s: &Snapshot) -> Option<usize> {
+        b.choose(s, IP, &Skip::default())
+    }
+
     fn picks(b: &mut WeightedRoundRobin, s: &Snapshot, n: usize) -> Vec<usize> {
-        (0..n).map(|_| b.pick(s, IP, None).unwrap()).collect()
+        (0..n).map(|_| pick(b, s).unwrap()).collect()
     }
 
     /// The smooth algorithm written as plainly as possible, as the oracle.
@@ -272,14 +292,14 @@ mod tests {
         let s = snapshot(&[5, 1, 1], &[true, true, true]);
         b.update(&s);
         assert_eq!(picks(&mut b, &s, 14), [[0, 0, 1, 0, 2, 0, 0]; 2].concat());
-        assert_ne!(b.pick(&s, IP, Some(0)), Some(0));
+        assert_ne!(b.choose(&s, IP, &skip(3, &[0])), Some(0));
         // A down backend is left out; indices stay those of the snapshot.
         let s = snapshot(&[5, 3, 1, 1], &[true, false, true, true]);
         b.update(&s);
         assert_eq!(picks(&mut b, &s, 7), vec![0, 0, 2, 0, 3, 0, 0]);
         let none = snapshot(&[1, 1], &[false, false]);
         b.update(&none);
-        assert_eq!(b.pick(&none, IP, None), None);
+        assert_eq!(pick(&mut b, &none), None);
     }
 
     #[test]
@@ -311,7 +331,7 @@ mod tests {
         let mut counts = vec![0u32; 200];
         let total: u32 = weights.iter().sum();
         for _ in 0..total {
-            counts[b.pick(&s, IP, None).unwrap()] += 1;
+            counts[pick(&mut b, &s).unwrap()] += 1;
         }
         assert_eq!(counts, weights);
         // gcd reduction keeps a 100:200 period at 3 entries.
@@ -333,6 +353,7 @@ mod tests {
         let total: i64 = w.iter().sum();
         let mut current = vec![0i64; w.len()];
         let mut last = 0;
+        let skip_of = |k: Option<usize>| skip(60, k.as_slice());
         for round in 0..2000 {
             let skip = (round % 3 == 2).then_some(last);
             let mut best: Option<usize> = None;
@@ -344,12 +365,84 @@ mod tests {
             }
             let best = best.unwrap();
             current[best] -= total;
-            last = b.pick(&s, IP, skip).unwrap();
+            last = b.choose(&s, IP, &skip_of(skip)).unwrap();
             assert_eq!(last, best, "round {round}");
         }
         let one = snapshot(&[3], &[true]);
         b.update(&one);
-        assert_eq!(b.pick(&one, IP, Some(0)), Some(0));
+        assert_eq!(b.choose(&one, IP, &skip(1, &[0])), None);
+        assert_eq!(selector(b, &one).select(&one, IP, [0], |_| true), Some(0));
+    }
+
+    #[test]
+    fn passed_over_sets_in_live_mode_take_the_best_of_the_rest() {
+        // Several backends passed over at once, some deep in their heaps:
+        // each accrues its weight and the best of the others wins.
+        let weights: Vec<u32> = (0..40).map(|i| [4, 4, 4, 7, 1][i % 5]).collect();
+        let s = snapshot(&weights, &[true; 40]);
+        let mut b = WeightedRoundRobin::default();
+        b.update(&s);
+        b.schedule.clear();
+        let w: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
+        let total: i64 = w.iter().sum();
+        let mut current = vec![0i64; w.len()];
+        let mut seed = 0x9e37_79b9u64;
+        for round in 0..3000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            // 0 to 30 of the 40 passed over.
+            let out: Vec<usize> = (0..40).filter(|k| (seed >> (k % 60)) & 3 == 0).collect();
+            let mut best: Option<usize> = None;
+            for k in 0..w.len() {
+                current[k] += w[k];
+                if !out.contains(&k) && best.is_none_or(|b| current[k] > current[b]) {
+                    best = Some(k);
+                }
+            }
+            let best = best.unwrap();
+            current[best] -= total;
+            assert_eq!(
+                b.choose(&s, IP, &skip(40, &out)),
+                Some(best),
+                "round {round}"
+            );
+        }
+        // Every one passed over: no pick, and the sequence is untouched.
+        let mut fresh = WeightedRoundRobin::default();
+        fresh.update(&s);
+        fresh.schedule.clear();
+        let all: Vec<usize> = (0..40).collect();
+        assert_eq!(fresh.choose(&s, IP, &skip(40, &all)), None);
+        assert_eq!(picks(&mut fresh, &s, 200), reference(&w, 200));
+    }
+
+    #[test]
+    fn refusals_in_precomputed_mode_walk_on_and_keep_the_shares() {
+        // 5:1:1 is a schedule of 7: refusing the heavy backend leaves the
+        // two light ones alternating; an exclusion is the same walk.
+        let s = snapshot(&[5, 1, 1], &[true; 3]);
+        let mut b = selector(WeightedRoundRobin::default(), &s);
+        let refused: Vec<_> = (0..10)
+            .map(|_| b.select(&s, IP, None, |i| i != 0).unwrap())
+            .collect();
+        assert_eq!(refused, [1, 2, 1, 2, 1, 2, 1, 2, 1, 2]);
+        let mut counts = [0; 3];
+        for _ in 0..70 {
+            counts[b.select(&s, IP, [1], |_| true).unwrap()] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        assert!(counts[0] > 4 * counts[2], "{counts:?}");
+        // All three refused: none, and an exclusion alone never refuses.
+        assert_eq!(b.select(&s, IP, None, |_| false), None);
+        assert_eq!(b.select(&s, IP, [0, 1, 2], |i| i == 1), Some(1));
+        // Straight choices keep the 5:1:1 sequence from wherever it is.
+        let mut plain = WeightedRoundRobin::default();
+        plain.update(&s);
+        let seq = picks(&mut plain, &s, 21);
+        let mut c = [0; 3];
+        for i in seq {
+            c[i] += 1;
+        }
+        assert_eq!(c, [15, 3, 3]);
     }
 
     #[test]
@@ -427,15 +520,12 @@ mod tests {
         let s = snapshot(&[1, 1, 1], &[true, false, true]);
         let mut b = WeightedRoundRobin::default();
         b.update(&s);
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        let picks: Vec<_> = (0..4).map(|_| b.pick(&s, ip, None).unwrap()).collect();
-        assert_eq!(picks, vec![0, 2, 0, 2]);
+        assert_eq!(picks(&mut b, &s, 4), vec![0, 2, 0, 2]);
         let none = snapshot(&[1], &[false]);
         b.update(&none);
-        assert_eq!(b.pick(&none, ip, None), None);
+        assert_eq!(pick(&mut b, &none), None);
         let three = snapshot(&[5, 5, 5], &[true, true, true]);
         b.update(&three);
-        let picks: Vec<_> = (0..6).map(|_| b.pick(&three, ip, None).unwrap()).collect();
-        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(picks(&mut b, &three, 6), vec![0, 1, 2, 0, 1, 2]);
     }
 }
