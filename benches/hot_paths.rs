@@ -12,6 +12,9 @@
 //! - `chunked ...`: `ChunkedDecoder` over a 64 KiB body in 4 KiB chunks, in
 //!   `Rechunk` and `Decode` modes, fed in one call (throughput in MB/s of
 //!   payload, 1 MB = 10^6 bytes).
+//! - `proxy ...`: `proxy_protocol::parse` on a v1 and a v2 header for an
+//!   IPv4 and an IPv6 connection, each followed by a request line (as at the
+//!   start of a connection's buffer).
 //! - `pick ...`: `Selector::select` for every strategy with 3, 100 and 1000
 //!   backends (all up, weights cycling 1, 2, 3, client IPs cycling over 1024
 //!   addresses, no requests in flight), and WeightedRoundRobin with weights
@@ -79,6 +82,7 @@ use ekilibri::http::BodyFraming;
 use ekilibri::http::chunked::{self, ChunkedDecoder, Mode};
 use ekilibri::http::request;
 use ekilibri::http::response::{self, ClientSide};
+use ekilibri::proxy_protocol;
 use ekilibri::route::{self, RouteSpec, RouteTable};
 
 // ---------------------------------------------------------------------------
@@ -516,6 +520,48 @@ fn chunked_benches(h: &Harness) {
     }
 }
 
+fn proxy_protocol_benches(h: &Harness) {
+    h.section("PROXY protocol header: parse (proxy_protocol::parse)");
+    let v4 = (
+        SocketAddr::from(([203, 0, 113, 7], 51234)),
+        SocketAddr::from(([10, 0, 0, 1], 443)),
+    );
+    let v6 = (
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6)),
+            51234,
+        ),
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            443,
+        ),
+    );
+    type Write = fn(&mut Vec<u8>, SocketAddr, SocketAddr);
+    let cases: [(&str, Write, (SocketAddr, SocketAddr)); 4] = [
+        ("v1 TCP4", proxy_protocol::write_v1, v4),
+        ("v1 TCP6", proxy_protocol::write_v1, v6),
+        ("v2 INET", proxy_protocol::write_v2, v4),
+        ("v2 INET6", proxy_protocol::write_v2, v6),
+    ];
+    for (label, write, (src, dst)) in cases {
+        let mut buf = Vec::new();
+        write(&mut buf, src, dst);
+        let len = buf.len();
+        buf.extend_from_slice(WRK_GET);
+        let h0 = proxy_protocol::parse(&buf)
+            .expect("valid header")
+            .expect("complete");
+        assert_eq!((h0.header_len, h0.source()), (len, Some(src)));
+        h.bench(
+            &format!("proxy {label} ({len} B)"),
+            Some(len as u64),
+            || {
+                black_box(proxy_protocol::parse(black_box(&buf)).ok());
+            },
+        );
+    }
+}
+
 fn balancer_benches(h: &Harness) {
     let ips = client_ips();
     for n in [3, 100, 1000] {
@@ -788,6 +834,7 @@ fn main() {
     request_benches(&h);
     response_benches(&h);
     chunked_benches(&h);
+    proxy_protocol_benches(&h);
     balancer_benches(&h);
     snapshot_benches(&h);
     route_benches(&h);

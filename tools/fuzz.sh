@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [seconds]" >&2; exit 2 ;; esac
-targets="${TARGETS:-request_head response_head chunked two_sided}"
+targets="${TARGETS:-request_head response_head chunked two_sided proxy_protocol}"
 san=()
 [ -n "${SANITIZER:-}" ] && san=(-s "$SANITIZER")
 export RUSTC_BOOTSTRAP=1
