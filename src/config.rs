@@ -236,6 +236,13 @@ pub struct Config {
     pub pin_workers: bool,
     /// Cluster mode: the etcd registry shared with other instances, if any.
     pub cluster: Option<ClusterConfig>,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` fields
+    /// are believed (`trusted_proxies`); from any other peer they are
+    /// replaced. Empty by default: no one is trusted.
+    pub trusted_proxies: crate::cidr::CidrSet,
+    /// Add an RFC 7239 `Forwarded` element to forwarded requests
+    /// (`forwarded`, off by default: `X-Forwarded-*` is what most backends read).
+    pub forwarded: bool,
 }
 
 /// io_uring setup flags by default: cooperative task running (no
@@ -315,6 +322,8 @@ pub struct FileConfig {
     ring_setup_flags: Option<Vec<String>>,
     pin_workers: Option<bool>,
     cluster: Option<ClusterTable>,
+    trusted_proxies: Option<Vec<String>>,
+    forwarded: Option<bool>,
 }
 
 /// The `[cluster]` table as written.
@@ -675,6 +684,10 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         Some(t) => Some(validate_cluster(t).map_err(|(key, message)| invalid(key, message))?),
     };
 
+    let (trusted_proxies, forwarded) =
+        validate_forwarding(f.trusted_proxies.as_deref(), f.forwarded)
+            .map_err(|(key, message)| invalid(key, message))?;
+
     let ring_depth = f.ring_depth.unwrap_or(DEFAULT_RING_DEPTH);
     if !(32..=32768).contains(&ring_depth) || !ring_depth.is_power_of_two() {
         return Err(invalid(
@@ -747,7 +760,24 @@ pub fn validate(path: &Path, f: FileConfig) -> Result<Config, ConfigError> {
         ring_setup_flags,
         pin_workers: f.pin_workers.unwrap_or(true),
         cluster,
+        trusted_proxies,
+        forwarded,
     })
+}
+
+/// Checks `trusted_proxies` (CIDR networks or single addresses) and
+/// `forwarded`; an error names the key and the bad entry.
+fn validate_forwarding(
+    trusted_proxies: Option<&[String]>,
+    forwarded: Option<bool>,
+) -> Result<(crate::cidr::CidrSet, bool), (&'static str, String)> {
+    let set = crate::cidr::CidrSet::parse(trusted_proxies.unwrap_or_default()).map_err(|e| {
+        (
+            "trusted_proxies",
+            format!("{e} (expected networks such as \"10.0.0.0/8\" or \"192.0.2.7\")"),
+        )
+    })?;
+    Ok((set, forwarded.unwrap_or(false)))
 }
 
 /// Checks `access_log_path` and `access_log_format` against `access_log`;
@@ -1054,6 +1084,28 @@ mod tests {
 
     fn p(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn trusted_proxies_and_forwarded() {
+        let c = p("servers = ['127.0.0.1:1']").unwrap();
+        assert!(c.trusted_proxies.is_empty() && !c.forwarded);
+        let c = p(
+            "servers = ['127.0.0.1:1']\ntrusted_proxies = ['10.0.0.0/8', '::1']\nforwarded = true",
+        )
+        .unwrap();
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(!c.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.forwarded);
+        for bad in ["10.0.0.0/33", "example.com", ""] {
+            let e = p(&format!(
+                "servers = ['127.0.0.1:1']\ntrusted_proxies = ['{bad}']"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("`trusted_proxies`") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

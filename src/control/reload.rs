@@ -215,6 +215,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         access_log: _,
         access_log_path: _,
         access_log_format: _,
+        trusted_proxies: _,
+        forwarded: _,
     } = new;
     fn changed<T: PartialEq + std::fmt::Debug>(out: &mut Vec<String>, key: &str, old: &T, new: &T) {
         if old != new {
