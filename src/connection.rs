@@ -28,9 +28,11 @@ use crate::context::Context;
 use crate::error::ProxyError;
 use crate::http::BodyFraming;
 use crate::http::canned;
+use crate::http::forwarded::Forwarding;
 use crate::http::request::Method;
 use crate::http::request::{self, RequestHead};
 use crate::proxy::{self, BODY_BUF, Client, Served};
+use crate::request_id::RequestId;
 
 /// Initial client read buffer: most request heads fit. It grows for large
 /// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]),
@@ -70,13 +72,18 @@ pub async fn serve<R: Registration>(
     // What the access log keeps of each head; empty (no allocation) while
     // the log is off.
     let mut captured = access_log::Captured::default();
+    // This request's id, made before its head is read (an error answer
+    // carries it too); a trusted peer's id replaces it in the parsed head.
+    let mut request_id = RequestId::default();
     let mut first = true;
     loop {
         let mut head_began = None;
+        w.request_ids.next_into(&mut request_id);
         let req = match read_head(
             &w,
             &mut client,
             &mut head_out,
+            &request_id,
             &guard,
             first,
             &mut head_began,
@@ -89,11 +96,12 @@ pub async fn serve<R: Registration>(
                 debug!(peer = %peer, "rejecting request: {e}");
                 if let Some(status) = e.status() {
                     // A HEAD answer ends at its head, even before a close.
-                    let resp = if request::is_head(client.buf.filled()) {
+                    let mut resp = if request::is_head(client.buf.filled()) {
                         canned::error_response_to_head(status, true)
                     } else {
                         canned::error_response(status, true)
                     };
+                    canned::add_request_id(&mut resp, request_id.as_bytes());
                     let _ = client.stream.write_all(&resp).await;
                     let served = Served {
                         keep: false,
@@ -114,6 +122,7 @@ pub async fn serve<R: Registration>(
                         &w,
                         peer,
                         &captured,
+                        request_id.as_bytes(),
                         Finished {
                             method: None,
                             served,
@@ -148,6 +157,7 @@ pub async fn serve<R: Registration>(
             &w,
             peer,
             &captured,
+            req.request_id.as_bytes(),
             Finished {
                 method: Some(req.method),
                 served,
@@ -180,8 +190,15 @@ struct Finished {
 }
 
 /// Counts one request in the worker's metrics and, when it is on, the
-/// access log (`captured` holds what the log keeps of the head).
-fn record(w: &Context, peer: std::net::SocketAddr, captured: &access_log::Captured, f: Finished) {
+/// access log (`captured` holds what the log keeps of the head,
+/// `request_id` the id the request was sent and answered with).
+fn record(
+    w: &Context,
+    peer: std::net::SocketAddr,
+    captured: &access_log::Captured,
+    request_id: &[u8],
+    f: Finished,
+) {
     let elapsed = f.head_done.elapsed();
     let served = f.served;
     w.metrics.record_request(
@@ -219,6 +236,7 @@ fn record(w: &Context, peer: std::net::SocketAddr, captured: &access_log::Captur
             request_time: f.began.elapsed(),
             upstream_time: served.backend.map(|_| elapsed),
             retries: served.retries,
+            request_id,
         },
     );
 }
@@ -259,16 +277,24 @@ fn body_bytes(served: &Served, head_request: bool) -> u64 {
 /// out between requests, or a drain started).
 ///
 /// `started` is set when the first byte of the head is seen (it stays
-/// `None` when the whole head arrived in one read).
+/// `None` when the whole head arrived in one read). `out` takes the head to
+/// forward; `request_id` is the id made for this request.
 async fn read_head(
     w: &Context,
     c: &mut Client,
     out: &mut Vec<u8>,
+    request_id: &RequestId,
     registration: &impl Registration,
     first: bool,
     started: &mut Option<Instant>,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let cfg = w.config();
+    let fwd = Forwarding {
+        peer: c.peer.ip(),
+        trusted: cfg.trusted_proxies.contains(c.peer.ip()),
+        forwarded: cfg.forwarded,
+        request_id: request_id.as_bytes(),
+    };
     // Bytes already parsed without finding a complete head: a head can only
     // complete (or a line turn out malformed) when a LF arrives, so a client
     // trickling bytes does not make us re-parse the whole buffer per read.
@@ -278,8 +304,7 @@ async fn read_head(
             let filled = c.buf.filled();
             let new = &filled[parsed.min(filled.len())..];
             if parsed == 0 || memchr::memchr(b'\n', new).is_some() {
-                if let Some(head) = request::parse(filled, cfg.max_header_bytes, c.peer.ip(), out)?
-                {
+                if let Some(head) = request::parse(filled, cfg.max_header_bytes, &fwd, out)? {
                     return Ok(Some(head));
                 }
                 parsed = filled.len();

@@ -4,7 +4,7 @@
 //! configuration and health snapshot, the balancer, the keep-alive pool,
 //! passive health reports, `max_connections` slots and their queues,
 //! half-open breaker trials, the retry budget and its jitter, request
-//! counters, metrics and the access-log buffer. [`connection`] and
+//! counters, metrics, the access-log buffer and the request-id source. [`connection`] and
 //! [`proxy`] read and update it for every request.
 //!
 //! It does not own the accept loop, the control-message loop or the drain
@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Snapshot};
 use crate::messages::FromWorker;
 use crate::metrics::WorkerMetrics;
+use crate::request_id::IdSource;
 use crate::retry::RetryBudget;
 
 /// The log target of what a worker applies (configs, snapshots): these
@@ -92,6 +93,8 @@ pub struct Context {
     pub budget: RefCell<RetryBudget>,
     /// Randomness for retry jitter.
     pub rng: RefCell<Rng>,
+    /// Makes this worker's request ids (`X-Request-Id`, `$request_id`).
+    pub request_ids: IdSource,
 }
 
 /// Why a request could not get a backend slot.
@@ -158,6 +161,7 @@ impl Context {
             waiting: RefCell::new(Vec::new()),
             budget: RefCell::new(RetryBudget::new(config.retry_budget)),
             rng: RefCell::new(Rng::new(0xb0ff ^ id as u64)),
+            request_ids: IdSource::new(id),
         }
     }
 
