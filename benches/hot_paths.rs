@@ -4,7 +4,10 @@
 //!
 //! - `req ...`: `http::request::parse` (parse, check and rewrite a request
 //!   head) on a wrk GET, a browser GET with cookies, a 40-header 4 KiB head
-//!   and a POST with Content-Length. The `out` Vec is reused across
+//!   and a POST with Content-Length, from an untrusted peer with a fresh
+//!   request id made per iteration (into a reused `RequestId`, as the
+//!   connection loop does), `Forwarded` off; plus the wrk GET from a
+//!   trusted peer with `Forwarded` on. The `out` Vec is reused across
 //!   iterations, as the connection loop does. The `httparse only` lines
 //!   time the tokenizer alone on the same heads, as a baseline.
 //! - `resp ...`: `http::response::parse` on a small 200 with Content-Length
@@ -80,9 +83,11 @@ use ekilibri::config::Strategy;
 use ekilibri::health::{BackendView, BreakerState, Snapshot};
 use ekilibri::http::BodyFraming;
 use ekilibri::http::chunked::{self, ChunkedDecoder, Mode};
+use ekilibri::http::forwarded::Forwarding;
 use ekilibri::http::request;
 use ekilibri::http::response::{self, ClientSide};
 use ekilibri::proxy_protocol;
+use ekilibri::request_id::{IdSource, RequestId};
 use ekilibri::route::{self, RouteSpec, RouteTable};
 
 // ---------------------------------------------------------------------------
@@ -365,6 +370,7 @@ const CLIENT_11: ClientSide = ClientSide {
     minor_version: 1,
     keep_alive: true,
     upgrade: false,
+    request_id: b"000000000abc00000000000000000001",
 };
 
 /// `n` backends on 10.x.y.z:8080, all up, weights cycling 1, 2, 3 (or `weight`).
@@ -426,22 +432,39 @@ const STRATEGIES: [(Strategy, &str); 6] = [
 fn request_benches(h: &Harness) {
     h.section("request head: parse + check + rewrite (request::parse)");
     let forty = forty_header_head();
-    let cases: [(&str, &[u8], IpAddr); 5] = [
-        ("wrk GET", WRK_GET, CLIENT_V4),
-        ("wrk GET, IPv6 client", WRK_GET, CLIENT_V6),
-        ("browser GET, 12 headers", BROWSER_GET, CLIENT_V4),
-        ("40 headers", &forty, CLIENT_V4),
-        ("POST Content-Length", POST_CL, CLIENT_V4),
+    let cases: [(&str, &[u8], IpAddr, bool); 6] = [
+        ("wrk GET", WRK_GET, CLIENT_V4, false),
+        ("wrk GET, IPv6 client", WRK_GET, CLIENT_V6, false),
+        ("wrk GET, trusted, Forwarded on", WRK_GET, CLIENT_V4, true),
+        ("browser GET, 12 headers", BROWSER_GET, CLIENT_V4, false),
+        ("40 headers", &forty, CLIENT_V4, false),
+        ("POST Content-Length", POST_CL, CLIENT_V4, false),
     ];
-    for (label, raw, ip) in cases {
+    let ids = IdSource::with_prefix(0xabc, 0);
+    let mut id = RequestId::default();
+    for (label, raw, ip, trusted) in cases {
         let mut out = Vec::new();
-        let head = request::parse(raw, MAX_HEADER_BYTES, ip, &mut out)
+        ids.next_into(&mut id);
+        let fwd = Forwarding {
+            peer: ip,
+            trusted,
+            forwarded: trusted,
+            request_id: id.as_bytes(),
+        };
+        let head = request::parse(raw, MAX_HEADER_BYTES, &fwd, &mut out)
             .expect("valid request")
             .expect("complete request");
         assert!(out.ends_with(b"\r\n\r\n"));
         let name = format!("req  {label} ({} B)", head.head_len);
         h.bench(&name, Some(head.head_len as u64), || {
-            let r = request::parse(black_box(raw), MAX_HEADER_BYTES, black_box(ip), &mut out);
+            ids.next_into(&mut id);
+            let fwd = Forwarding {
+                peer: black_box(ip),
+                trusted,
+                forwarded: trusted,
+                request_id: id.as_bytes(),
+            };
+            let r = request::parse(black_box(raw), MAX_HEADER_BYTES, &fwd, &mut out);
             black_box(&r);
             black_box(&out);
         });

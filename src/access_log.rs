@@ -157,7 +157,8 @@ pub enum Var {
     /// `$upstream_response_time`: seconds spent on the backend side, from
     /// the first try to the end of the response (retries included).
     UpstreamResponseTime,
-    /// `$request_id`: 32 hex digits, unique per request.
+    /// `$request_id`: the request's `X-Request-Id` (32 hex digits when
+    /// ekilibri made it, [`crate::request_id`]).
     RequestId,
 }
 
@@ -274,6 +275,8 @@ pub struct Entry<'a> {
     pub upstream_time: Option<Duration>,
     /// Retries made.
     pub retries: u32,
+    /// The request id sent to the backend and the client (empty: none).
+    pub request_id: &'a [u8],
 }
 
 /// What the writer thread is told.
@@ -575,10 +578,8 @@ pub struct WorkerLog {
     warned: Cell<Option<Instant>>,
     clock: RefCell<Clock>,
     combined: Template,
-    /// Request ids: a per-process prefix, the worker id, a counter.
-    id_prefix: u64,
+    /// The worker, for warnings.
     worker: u16,
-    next_id: Cell<u64>,
 }
 
 impl WorkerLog {
@@ -592,9 +593,7 @@ impl WorkerLog {
             warned: Cell::new(None),
             clock: RefCell::new(Clock::new()),
             combined: Template::combined(),
-            id_prefix: process_prefix(),
             worker: worker as u16,
-            next_id: Cell::new(0),
         }
     }
 
@@ -608,18 +607,13 @@ impl WorkerLog {
         if b.capacity() == 0 {
             b.reserve(FLUSH_BYTES);
         }
-        let id = self.next_id.get();
-        self.next_id.set(id.wrapping_add(1));
-        let ids = (self.id_prefix, self.worker, id);
         let mut clock = self.clock.borrow_mut();
         let clock = clock.at(SystemTime::now());
         match format {
             Format::Off => {}
-            Format::Json => format_json(&mut b, e, clock, ids),
-            Format::Combined => format_template(&mut b, &self.combined, e, clock, ids),
-            Format::Custom => {
-                format_template(&mut b, custom.unwrap_or(&self.combined), e, clock, ids)
-            }
+            Format::Json => format_json(&mut b, e, clock),
+            Format::Combined => format_template(&mut b, &self.combined, e, clock),
+            Format::Custom => format_template(&mut b, custom.unwrap_or(&self.combined), e, clock),
         }
         let full = b.len() >= FLUSH_BYTES;
         drop(b);
@@ -659,26 +653,6 @@ impl WorkerLog {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-/// 48 bits that differ between runs (start time and pid), so request ids of
-/// two runs do not collide in one log.
-fn process_prefix() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32);
-    // splitmix64 finaliser: spreads the bits.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (x ^ (x >> 31)) & 0xffff_ffff_ffff
-}
-
-type Ids = (u64, u16, u64);
-
-fn write_id(out: &mut Vec<u8>, (prefix, worker, n): Ids) {
-    let _ = write!(out, "{prefix:012x}{worker:04x}{n:016x}");
 }
 
 fn write_secs(out: &mut Vec<u8>, d: Duration) {
@@ -735,7 +709,7 @@ fn json_opt_str(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, clock: &Clock, ids: Ids) {
+fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, clock: &Clock) {
     out.extend_from_slice(b"{\"time_iso8601\":");
     json_str(out, clock.iso.as_bytes());
     let _ = write!(out, ",\"remote_addr\":\"{}\",\"request\":", e.client.ip());
@@ -769,12 +743,12 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>, clock: &Clock, ids: Ids) {
         Some(d) => write_secs(out, d),
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(out, ",\"retries\":{},\"request_id\":\"", e.retries);
-    write_id(out, ids);
-    out.extend_from_slice(b"\"}\n");
+    let _ = write!(out, ",\"retries\":{},\"request_id\":", e.retries);
+    json_opt_str(out, e.request_id);
+    out.extend_from_slice(b"}\n");
 }
 
-fn format_template(out: &mut Vec<u8>, t: &Template, e: &Entry<'_>, clock: &Clock, ids: Ids) {
+fn format_template(out: &mut Vec<u8>, t: &Template, e: &Entry<'_>, clock: &Clock) {
     let text = |out: &mut Vec<u8>, s: &[u8]| {
         if s.is_empty() {
             out.push(b'-');
@@ -818,7 +792,7 @@ fn format_template(out: &mut Vec<u8>, t: &Template, e: &Entry<'_>, clock: &Clock
                     Some(d) => write_secs(out, d),
                     None => out.push(b'-'),
                 },
-                Var::RequestId => write_id(out, ids),
+                Var::RequestId => text(out, e.request_id),
             },
         }
     }
@@ -842,6 +816,7 @@ mod tests {
             request_time: Duration::from_micros(1500),
             upstream_time: Some(Duration::from_micros(1200)),
             retries: 1,
+            request_id: b"000000000abc00010000000000000002",
         }
     }
 
@@ -856,7 +831,7 @@ mod tests {
 
     fn line(t: &Template, e: &Entry<'_>) -> String {
         let mut out = Vec::new();
-        format_template(&mut out, t, e, &epoch(), (0xabc, 1, 2));
+        format_template(&mut out, t, e, &epoch());
         String::from_utf8(out).unwrap()
     }
 
@@ -889,7 +864,7 @@ mod tests {
     fn json_is_valid_json() {
         let e = entry(b"GET /\xff\"x HTTP/1.1", b"http://r/\n", b"");
         let mut out = Vec::new();
-        format_json(&mut out, &e, &epoch(), (1, 2, 3));
+        format_json(&mut out, &e, &epoch());
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["request"], "GET /\u{ff}\"x HTTP/1.1");
@@ -902,7 +877,17 @@ mod tests {
         assert_eq!(v["upstream_status"], 200);
         assert_eq!(v["request_time"], 0.001);
         assert_eq!(v["retries"], 1);
-        assert_eq!(v["request_id"], "00000000000100020000000000000003");
+        assert_eq!(v["request_id"], "000000000abc00010000000000000002");
+        let mut out = Vec::new();
+        let odd = Entry {
+            request_id: b"a\"b\\c",
+            ..e.clone()
+        };
+        format_json(&mut out, &odd, &epoch());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["request_id"], "a\"b\\c", "a kept id is escaped");
+        let t = Template::parse("$request_id").unwrap();
+        assert_eq!(line(&t, &odd), "a\\x22b\\x5Cc\n");
     }
 
     #[test]

@@ -29,10 +29,12 @@ use crate::context::Context;
 use crate::error::ProxyError;
 use crate::http::BodyFraming;
 use crate::http::canned;
+use crate::http::forwarded::Forwarding;
 use crate::http::request::Method;
 use crate::http::request::{self, RequestHead};
 use crate::proxy::{self, BODY_BUF, Client, Served};
 use crate::proxy_protocol;
+use crate::request_id::RequestId;
 
 /// Initial client read buffer: most request heads fit. It grows for large
 /// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]),
@@ -81,13 +83,18 @@ pub async fn serve<R: Registration>(
     // What the access log keeps of each head; empty (no allocation) while
     // the log is off.
     let mut captured = access_log::Captured::default();
+    // This request's id, made before its head is read (an error answer
+    // carries it too); a trusted peer's id replaces it in the parsed head.
+    let mut request_id = RequestId::default();
     let mut first = true;
     loop {
         let mut head_began = None;
+        w.request_ids.next_into(&mut request_id);
         let req = match read_head(
             &w,
             &mut client,
             &mut head_out,
+            &request_id,
             &guard,
             first,
             &mut head_began,
@@ -100,11 +107,12 @@ pub async fn serve<R: Registration>(
                 debug!(peer = %peer, "rejecting request: {e}");
                 if let Some(status) = e.status() {
                     // A HEAD answer ends at its head, even before a close.
-                    let resp = if request::is_head(client.buf.filled()) {
+                    let mut resp = if request::is_head(client.buf.filled()) {
                         canned::error_response_to_head(status, true)
                     } else {
                         canned::error_response(status, true)
                     };
+                    canned::add_request_id(&mut resp, request_id.as_bytes());
                     let _ = client.stream.write_all(&resp).await;
                     let served = Served {
                         keep: false,
@@ -125,6 +133,7 @@ pub async fn serve<R: Registration>(
                         &w,
                         peer,
                         &captured,
+                        request_id.as_bytes(),
                         Finished {
                             method: None,
                             served,
@@ -159,6 +168,7 @@ pub async fn serve<R: Registration>(
             &w,
             peer,
             &captured,
+            req.request_id.as_bytes(),
             Finished {
                 method: Some(req.method),
                 served,
@@ -191,8 +201,15 @@ struct Finished {
 }
 
 /// Counts one request in the worker's metrics and, when it is on, the
-/// access log (`captured` holds what the log keeps of the head).
-fn record(w: &Context, peer: std::net::SocketAddr, captured: &access_log::Captured, f: Finished) {
+/// access log (`captured` holds what the log keeps of the head,
+/// `request_id` the id the request was sent and answered with).
+fn record(
+    w: &Context,
+    peer: std::net::SocketAddr,
+    captured: &access_log::Captured,
+    request_id: &[u8],
+    f: Finished,
+) {
     let elapsed = f.head_done.elapsed();
     let served = f.served;
     w.metrics.record_request(
@@ -230,6 +247,7 @@ fn record(w: &Context, peer: std::net::SocketAddr, captured: &access_log::Captur
             request_time: f.began.elapsed(),
             upstream_time: served.backend.map(|_| elapsed),
             retries: served.retries,
+            request_id,
         },
     );
 }
@@ -264,13 +282,6 @@ fn body_bytes(served: &Served, head_request: bool) -> u64 {
     canned_body.min(served.response_bytes)
 }
 
-/// Reads until a complete request head is in the buffer.
-///
-/// `Ok(None)`: the connection should close quietly (client closed or idled
-/// out between requests, or a drain started).
-///
-/// `started` is set when the first byte of the head is seen (it stays
-/// `None` when the whole head arrived in one read).
 /// Reads the PROXY protocol header that must start every connection on a
 /// `proxy_protocol` listener, within `client_header_timeout`, and takes the
 /// client and destination addresses from it (a v1 `UNKNOWN` or v2 `LOCAL`
@@ -314,15 +325,30 @@ async fn read_proxy_header(cfg: &Config, c: &mut Client) -> Result<(), String> {
     }
 }
 
+/// Reads until a complete request head is in the buffer.
+///
+/// `Ok(None)`: the connection should close quietly (client closed or idled
+/// out between requests, or a drain started).
+///
+/// `started` is set when the first byte of the head is seen (it stays
+/// `None` when the whole head arrived in one read). `out` takes the head to
+/// forward; `request_id` is the id made for this request.
 async fn read_head(
     w: &Context,
     c: &mut Client,
     out: &mut Vec<u8>,
+    request_id: &RequestId,
     registration: &impl Registration,
     first: bool,
     started: &mut Option<Instant>,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let cfg = w.config();
+    let fwd = Forwarding {
+        peer: c.peer.ip(),
+        trusted: cfg.trusted_proxies.contains(c.peer.ip()),
+        forwarded: cfg.forwarded,
+        request_id: request_id.as_bytes(),
+    };
     // Bytes already parsed without finding a complete head: a head can only
     // complete (or a line turn out malformed) when a LF arrives, so a client
     // trickling bytes does not make us re-parse the whole buffer per read.
@@ -332,8 +358,7 @@ async fn read_head(
             let filled = c.buf.filled();
             let new = &filled[parsed.min(filled.len())..];
             if parsed == 0 || memchr::memchr(b'\n', new).is_some() {
-                if let Some(head) = request::parse(filled, cfg.max_header_bytes, c.peer.ip(), out)?
-                {
+                if let Some(head) = request::parse(filled, cfg.max_header_bytes, &fwd, out)? {
                     return Ok(Some(head));
                 }
                 parsed = filled.len();

@@ -4,7 +4,7 @@
 //! configuration and health snapshot, the balancer, the keep-alive pool,
 //! passive health reports, `max_connections` slots and their queues,
 //! half-open breaker trials, the retry budget and its jitter, request
-//! counters, metrics and the access-log buffer. [`connection`] and
+//! counters, metrics, the access-log buffer and the request-id source. [`connection`] and
 //! [`proxy`] read and update it for every request.
 //!
 //! It does not own the accept loop, the control-message loop or the drain
@@ -33,6 +33,7 @@ use crate::config::{BackendLimits, Config, PoolConfig};
 use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Snapshot};
 use crate::messages::FromWorker;
 use crate::metrics::WorkerMetrics;
+use crate::request_id::IdSource;
 use crate::retry::RetryBudget;
 
 /// The log target of what a worker applies (configs, snapshots): these
@@ -91,6 +92,8 @@ pub struct Context {
     waiting: RefCell<Vec<usize>>,
     /// Randomness for retry jitter.
     pub rng: RefCell<Rng>,
+    /// Makes this worker's request ids (`X-Request-Id`, `$request_id`).
+    pub request_ids: IdSource,
 }
 
 /// One pool as this worker routes it: the part of the snapshot that is the
@@ -198,6 +201,7 @@ impl Context {
             slots: RefCell::new(Vec::new()),
             waiting: RefCell::new(Vec::new()),
             rng: RefCell::new(Rng::new(0xb0ff ^ id as u64)),
+            request_ids: IdSource::new(id),
         }
     }
 
@@ -341,8 +345,10 @@ impl Context {
         exclude: impl IntoIterator<Item = usize>,
         accept: impl FnMut(usize) -> bool,
     ) -> Option<usize> {
-        self.with_lane(lane, name, |l| l.balancer.select(snapshot, client, exclude, accept))
-            .flatten()
+        self.with_lane(lane, name, |l| {
+            l.balancer.select(snapshot, client, exclude, accept)
+        })
+        .flatten()
     }
 
     /// Reports a passive failure to the control executor without waiting; a

@@ -52,6 +52,8 @@
 //!   process and build metrics read on scrape.
 //! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
+//! - [`request_id`]: request ids (`X-Request-Id`, `$request_id`), made per
+//!   worker into a reused inline buffer.
 //! - [`config`]: the TOML file (compatible with the original Ekilibri),
 //!   validated into an immutable [`config::Config`].
 //! - [`error`]: error enums; every proxy error knows its status code.
@@ -86,6 +88,7 @@ pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod request_id;
 pub mod retry;
 pub mod route;
 pub mod runtime;

@@ -180,8 +180,13 @@ pub async fn handle(
         // A half-open breaker lets a bounded number of trials through: one
         // with no slot left is refused and the balancer chooses another.
         let (mut trial, mut refused) = (None, false);
-        let picked = cx.select(lane, &pool.name, &snap, ex.client.peer.ip(), exclude, |i| {
-            match snap.backends.get(i).and_then(|v| cx.try_trial(pool, v)) {
+        let picked = cx.select(
+            lane,
+            &pool.name,
+            &snap,
+            ex.client.peer.ip(),
+            exclude,
+            |i| match snap.backends.get(i).and_then(|v| cx.try_trial(pool, v)) {
                 Some(t) => {
                     trial = t;
                     true
@@ -190,8 +195,8 @@ pub async fn handle(
                     refused = true;
                     false
                 }
-            }
-        });
+            },
+        );
         let _trial = trial;
         let Some(view) = picked.and_then(|idx| snap.backends.get(idx)) else {
             let cause = if refused {
@@ -313,11 +318,12 @@ pub async fn handle(
                 && e.source_side() != ErrorSource::Client
                 && !cx.draining();
             // A HEAD answer ends at its head, whoever makes it.
-            let resp = if req.method == Method::Head {
+            let mut resp = if req.method == Method::Head {
                 canned::error_response_to_head(status, !keep)
             } else {
                 canned::error_response(status, !keep)
             };
+            canned::add_request_id(&mut resp, req.request_id.as_bytes());
             if ex.client.stream.write_all(&resp).await.is_err() {
                 return Served::gone(last_backend);
             }
@@ -464,6 +470,7 @@ async fn attempt(
         // Narrowed by a drain when the head is parsed (read_response_head).
         keep_alive: req.keep_alive,
         upgrade: req.upgrade,
+        request_id: req.request_id.as_bytes(),
     };
     let head = loop {
         match read_response_head(cx, &mut conn, client_side, ex.resp_out).await {
@@ -654,7 +661,7 @@ async fn maybe_continue(
 async fn read_response_head(
     cx: &Context,
     conn: &mut BackendConn,
-    client: ClientSide,
+    client: ClientSide<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     let max = cx.config().max_header_bytes;

@@ -592,7 +592,8 @@ fn chunked_trailers_are_filtered_and_the_body_is_canonical() {
 
 #[test]
 fn underscore_headers_are_dropped_and_xff_is_appended() {
-    let (_b, bal) = setup(&[]);
+    // Appended only from a trusted peer (tests/forwarded.rs has the rest).
+    let (_b, bal) = setup(&[("trusted_proxies", "[\"127.0.0.0/8\"]")]);
     let r = one_request(
         bal.port,
         "GET",

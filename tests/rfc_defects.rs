@@ -414,7 +414,13 @@ fn absolute_form_is_sent_in_origin_form_with_its_authority_as_host() {
     for (s, (line, host)) in seen.iter().zip(expect) {
         assert!(s.head.starts_with(line), "{:?}", s.head);
         assert_eq!(
-            s.head.matches("Host:").count() + s.head.matches("host:").count(),
+            // Lines named Host (X-Forwarded-Host is another field).
+            s.head
+                .split("\r\n")
+                .filter(|l| l
+                    .split_once(':')
+                    .is_some_and(|(n, _)| n.eq_ignore_ascii_case("host")))
+                .count(),
             1,
             "exactly one Host: {:?}",
             s.head

@@ -6,12 +6,12 @@
 #![no_main]
 
 use ekilibri::http::request;
-use ekilibri_fuzz::{CLIENT_IP, MAX_HEAD, check_forwarded_request};
+use ekilibri_fuzz::{FWD, MAX_HEAD, check_forwarded_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
-    match request::parse(data, MAX_HEAD, CLIENT_IP, &mut out) {
+    match request::parse(data, MAX_HEAD, &FWD, &mut out) {
         Ok(Some(h)) => {
             check_forwarded_request(data, &h, &out);
         }
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // A small limit exercises the 431 path on the same input.
     let mut out = Vec::new();
-    if let Ok(Some(h)) = request::parse(data, 256, CLIENT_IP, &mut out) {
+    if let Ok(Some(h)) = request::parse(data, 256, &FWD, &mut out) {
         assert!(h.head_len <= 256);
     }
 });

@@ -11,11 +11,21 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ekilibri::http::BodyFraming;
 use ekilibri::http::chunked::{ChunkedDecoder, Mode};
+use ekilibri::http::forwarded::Forwarding;
 use ekilibri::http::request::{self, Method, RequestHead};
 use ekilibri::http::response::{self, ClientSide, ResponseHead};
 
 /// The client address the targets pretend to see.
 pub const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+/// How the fuzzed requests are forwarded: from a trusted peer (so a
+/// re-parse of the forwarded head only appends to X-Forwarded-For),
+/// `Forwarded` off, a fixed request id.
+pub const FWD: Forwarding<'static> = Forwarding {
+    peer: CLIENT_IP,
+    trusted: true,
+    forwarded: false,
+    request_id: b"0123456789abcdef0123456789abcdef",
+};
 /// `max_header_bytes` used by the targets (the default).
 pub const MAX_HEAD: usize = 64 * 1024;
 
@@ -314,6 +324,18 @@ pub fn check_forwarded_request(input: &[u8], h: &RequestHead, out: &[u8]) -> Str
     let xff = all(f, "x-forwarded-for");
     assert_eq!(xff.len(), 1, "one X-Forwarded-For");
     assert!(xff[0].ends_with(CLIENT_IP.to_string().as_bytes()));
+    let id = all(f, "x-request-id");
+    assert_eq!(id.len(), 1, "one X-Request-Id");
+    assert_eq!(id[0], h.request_id.as_bytes());
+    assert_eq!(
+        all(f, "x-forwarded-proto").len(),
+        1,
+        "one X-Forwarded-Proto"
+    );
+    assert!(
+        all(f, "x-forwarded-host").len() <= 1,
+        "one X-Forwarded-Host at most"
+    );
     for (n, v) in f {
         let l = n.to_ascii_lowercase();
         assert!(!l.contains('_'), "underscore field forwarded: {n}");
@@ -345,7 +367,7 @@ pub fn check_forwarded_request(input: &[u8], h: &RequestHead, out: &[u8]) -> Str
     }
     // The head ends where the bytes after it cannot change the decision.
     let mut out2 = Vec::new();
-    match request::parse(&input[..h.head_len], MAX_HEAD, CLIENT_IP, &mut out2) {
+    match request::parse(&input[..h.head_len], MAX_HEAD, &FWD, &mut out2) {
         Ok(Some(h2)) => {
             assert_eq!(&h2, h);
             assert_eq!(out2, out);
@@ -354,7 +376,7 @@ pub fn check_forwarded_request(input: &[u8], h: &RequestHead, out: &[u8]) -> Str
     }
     // What ekilibri forwards, ekilibri would accept and forward the same way.
     let mut again = Vec::new();
-    match request::parse(out, MAX_HEAD, CLIENT_IP, &mut again) {
+    match request::parse(out, MAX_HEAD, &FWD, &mut again) {
         Ok(Some(h3)) => {
             assert_eq!(h3.head_len, out.len());
             assert_eq!(h3.body, h.body);
@@ -379,12 +401,13 @@ pub fn check_forwarded_request(input: &[u8], h: &RequestHead, out: &[u8]) -> Str
 }
 
 /// Which client a response flag byte describes.
-pub fn client_side(flags: u8) -> ClientSide {
+pub fn client_side(flags: u8) -> ClientSide<'static> {
     ClientSide {
         head_request: flags & 1 != 0,
         minor_version: (flags >> 1) & 1,
         keep_alive: flags & 4 != 0,
         upgrade: flags & 8 != 0,
+        request_id: b"",
     }
 }
 
@@ -497,7 +520,7 @@ pub fn two_sided(client_bytes: &[u8], backend_bytes: &[u8], rng: &mut Rng) {
     let mut first: Option<RequestHead> = None;
     for _ in 0..4 {
         let mut out = Vec::new();
-        let h = match request::parse(cbuf, MAX_HEAD, CLIENT_IP, &mut out) {
+        let h = match request::parse(cbuf, MAX_HEAD, &FWD, &mut out) {
             Ok(Some(h)) => h,
             Ok(None) | Err(_) => break,
         };
@@ -562,6 +585,7 @@ pub fn two_sided(client_bytes: &[u8], backend_bytes: &[u8], rng: &mut Rng) {
         minor_version: h.minor_version,
         keep_alive: h.keep_alive,
         upgrade: h.upgrade,
+        request_id: b"",
     };
     let mut b = backend_bytes;
     let mut to_client = Vec::new();

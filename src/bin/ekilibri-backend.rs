@@ -60,8 +60,11 @@ const LISTEN_BACKLOG: i32 = 4096;
 const READ_BUF_LEN: usize = 16 * 1024;
 /// Largest request head accepted; bigger heads get a 431.
 const MAX_HEAD_LEN: usize = 64 * 1024;
-/// Most header lines accepted in one request head.
-const MAX_HEADERS: usize = 100;
+/// Most header lines accepted in one request head: what a balancer
+/// forwards of a client's 100 (ekilibri's limit) plus the fields it adds
+/// (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`, `X-Request-Id`),
+/// with room to spare.
+const MAX_HEADERS: usize = 128;
 /// Largest body `/echo` buffers; bigger bodies get a 413.
 const MAX_ECHO_BODY: usize = 64 * 1024 * 1024;
 /// Pending response bytes above which the output buffer is written out even

@@ -214,13 +214,15 @@ pub struct Config {
     pub pin_workers: bool,
     /// Cluster mode: the etcd registry shared with other instances, if any.
     pub cluster: Option<ClusterConfig>,
-    /// Peers whose `X-Forwarded-For`, `X-Request-Id` and PROXY protocol
-    /// headers are believed.
+    /// Peers whose `X-Forwarded-*`, `Forwarded`, `X-Request-Id` and PROXY
+    /// protocol headers are believed (`trusted_proxies`); from any other
+    /// peer they are replaced. Empty by default: no one is trusted.
     pub trusted_proxies: crate::cidr::CidrSet,
     /// Every connection starts with a PROXY protocol (v1 or v2) header,
     /// accepted only from `trusted_proxies`.
     pub proxy_protocol: bool,
-    /// Also send an RFC 7239 `Forwarded` header to backends.
+    /// Add an RFC 7239 `Forwarded` element to forwarded requests
+    /// (`forwarded`, off by default: `X-Forwarded-*` is what most backends read).
     pub forwarded: bool,
 }
 
@@ -516,8 +518,12 @@ fn validate_admin(f: &FileConfig) -> Result<(Option<SocketAddr>, Option<String>)
 fn validate_forwarding(f: &FileConfig) -> Result<(crate::cidr::CidrSet, bool), KeyError> {
     let trusted = match &f.trusted_proxies {
         None => crate::cidr::CidrSet::new(),
-        Some(list) => crate::cidr::CidrSet::parse(list)
-            .map_err(|e| ("trusted_proxies".to_string(), e.to_string()))?,
+        Some(list) => crate::cidr::CidrSet::parse(list).map_err(|e| {
+            (
+                "trusted_proxies".to_string(),
+                format!("{e} (expected networks such as \"10.0.0.0/8\" or \"192.0.2.7\")"),
+            )
+        })?,
     };
     let proxy_protocol = f.proxy_protocol.unwrap_or(false);
     if proxy_protocol && trusted.is_empty() {
@@ -630,6 +636,28 @@ mod tests {
 
     fn p(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn trusted_proxies_and_forwarded() {
+        let c = p("servers = ['127.0.0.1:1']").unwrap();
+        assert!(c.trusted_proxies.is_empty() && !c.forwarded);
+        let c = p(
+            "servers = ['127.0.0.1:1']\ntrusted_proxies = ['10.0.0.0/8', '::1']\nforwarded = true",
+        )
+        .unwrap();
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(!c.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.forwarded);
+        for bad in ["10.0.0.0/33", "example.com", ""] {
+            let e = p(&format!(
+                "servers = ['127.0.0.1:1']\ntrusted_proxies = ['{bad}']"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("`trusted_proxies`") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -34,9 +34,41 @@ pub fn error_response(status: u16, close: bool) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Adds `X-Request-Id: id` to the head of `resp`, a response made here, so
+/// the client can quote the id of a request the balancer refused or failed.
+/// Nothing changes when `id` is empty.
+pub fn add_request_id(resp: &mut Vec<u8>, id: &[u8]) {
+    let Some(end) = memchr::memmem::find(resp, b"\r\n\r\n") else {
+        return;
+    };
+    if id.is_empty() {
+        return;
+    }
+    let at = end + 2;
+    let field = [&b"X-Request-Id: "[..], id, b"\r\n"];
+    resp.splice(at..at, field.iter().flat_map(|p| p.iter().copied()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_id_goes_in_the_head() {
+        let mut r = error_response(502, false);
+        add_request_id(&mut r, b"id-1");
+        let r = String::from_utf8(r).unwrap();
+        assert!(
+            r.ends_with("Server: ekilibri\r\nX-Request-Id: id-1\r\n\r\nBad Gateway\n"),
+            "{r}"
+        );
+        let mut h = error_response_to_head(400, true);
+        add_request_id(&mut h, b"id-2");
+        assert!(h.ends_with(b"X-Request-Id: id-2\r\n\r\n"));
+        let mut same = error_response(400, true);
+        add_request_id(&mut same, b"");
+        assert_eq!(same, error_response(400, true));
+    }
 
     #[test]
     fn error_response_is_complete() {

@@ -4,6 +4,8 @@
 //!   checks httparse leaves to us (framing, smuggling, bare LF), and build the
 //!   head forwarded to the backend from slices of the read buffer.
 //! - [`response`]: the same for a backend's response head.
+//! - [`forwarded`]: what the request rewrite needs to set the forwarding
+//!   fields (peer, trust, request id), and how their values are spelled.
 //! - `framing`: the one scan of `Content-Length`, `Transfer-Encoding` and
 //!   `Connection` fields that both head parsers use.
 //! - [`chunked`]: a strict, streaming chunked-coding decoder that re-emits
@@ -17,6 +19,7 @@
 
 pub mod canned;
 pub mod chunked;
+pub mod forwarded;
 mod framing;
 pub mod request;
 pub mod response;

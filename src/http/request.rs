@@ -8,20 +8,37 @@
 //! must change: hop-by-hop headers, `Content-Length` / `Transfer-Encoding`
 //! (re-emitted in canonical form), `Expect: 100-continue` (answered by the
 //! balancer), header names with underscores (dropped, like nginx's default),
-//! `h2c` among the offered upgrades (dropped), and `X-Forwarded-For`
-//! (merged, the client's address appended). An absolute-form target is sent
-//! in origin form with `Host` set from its authority (RFC 9112 §3.2.2).
+//! `h2c` among the offered upgrades (dropped), and the forwarding fields
+//! (below). An absolute-form target is sent in origin form with `Host` set
+//! from its authority (RFC 9112 §3.2.2).
+//!
+//! Forwarding fields, written after the client's lines (one line each):
+//!
+//! | field | peer in `trusted_proxies` | any other peer |
+//! | --- | --- | --- |
+//! | `X-Forwarded-For` | incoming values, then the peer | the peer only |
+//! | `X-Forwarded-Proto` | incoming values, else `http` | `http` |
+//! | `X-Forwarded-Host` | incoming values, else the Host | the Host |
+//! | `Forwarded` (on) | incoming values, then our element | our element |
+//! | `Forwarded` (off) | incoming values | dropped |
+//! | `X-Request-Id` | the incoming id if there is exactly one and it is acceptable, else ours | ours |
+//!
+//! "The Host" is the request's Host as received, or the authority of an
+//! absolute-form target; with neither (HTTP/1.0), `X-Forwarded-Host` is
+//! left out. Several incoming lines of one field are merged into one, in
+//! order, empty values skipped.
 
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
 use std::ops::Range;
 
+use super::forwarded::{Forwarding, push_forwarded_element, push_ip};
 use super::framing::FramingHeaders;
 use super::{
     BodyFraming, copy_kept_lines, has_bare_lf, is_hop_by_hop, line_end, list_elements, offset_in,
     push_decimal,
 };
 use crate::error::ProxyError;
+use crate::request_id::RequestId;
 
 /// Most header fields accepted in one request; more gets 431.
 pub const MAX_HEADERS: usize = 100;
@@ -103,16 +120,20 @@ pub struct RequestHead {
     /// body. Always false for HTTP/1.0, whose expectation is ignored (RFC
     /// 9110 §10.1.1).
     pub expect_continue: bool,
+    /// The id sent as `X-Request-Id`: a trusted peer's, or the one made
+    /// for this request ([`Forwarding::request_id`]).
+    pub request_id: RequestId,
 }
 
 /// Parses the request head at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some(head))` with the
-/// forwarded head written to `out`, or the error to answer with.
+/// forwarded head written to `out`, or the error to answer with. `fwd` says
+/// who the peer is and how far it is believed (module docs).
 pub fn parse(
     buf: &[u8],
     max_header_bytes: usize,
-    client_ip: IpAddr,
+    fwd: &Forwarding<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
@@ -170,7 +191,8 @@ pub fn parse(
     let mut upgrade_other = false;
     let mut upgrade_h2c = false;
     let mut expect_continue = false;
-    let mut xff_count = 0u32;
+    let mut request_id_count = 0u32;
+    let mut request_id_value: &[u8] = &[];
     for h in headers {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -193,7 +215,10 @@ pub fn parse(
                     }
                 }
             }
-            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => xff_count += 1,
+            12 if name.eq_ignore_ascii_case(b"x-request-id") => {
+                request_id_count += 1;
+                request_id_value = super::trim_ows(value);
+            }
             _ => {
                 framing.observe(name, value, ProxyError::BadRequest)?;
                 if framing.te_empty {
@@ -270,15 +295,14 @@ pub fn parse(
             out.extend_from_slice(b" HTTP/1.1\r\n");
         }
     }
-    let mut xff_values: Vec<&[u8]> = Vec::new();
     copy_kept_lines(buf, headers, out, |h| {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name) {
             upgrade && !upgrade_h2c && name.eq_ignore_ascii_case(b"upgrade")
         } else if absolute.is_some() && name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
             false
-        } else if name.len() == 15 && name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff_values.push(super::trim_ows(h.value));
+        } else if is_forwarding_field(name) {
+            // Written after the client's lines (module docs).
             false
         } else if expect_continue && name.eq_ignore_ascii_case(b"expect") {
             false
@@ -286,7 +310,6 @@ pub fn parse(
             !name.contains(&b'_') && !conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
         }
     });
-    debug_assert!(xff_values.len() == xff_count as usize);
     if minor == 0 && host_count == 0 && absolute.is_none() {
         // A 1.1 request must carry Host; an empty one is valid when the
         // target has no authority (RFC 9112 §3.2).
@@ -307,13 +330,17 @@ pub fn parse(
         }
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for v in xff_values.iter().filter(|v| !v.is_empty()) {
-        out.extend_from_slice(v);
-        out.extend_from_slice(b", ");
+    let host = match absolute {
+        Some(a) => a.authority,
+        None => super::trim_ows(host_value),
+    };
+    let mut request_id = RequestId::default();
+    let kept = fwd.trusted && request_id_count == 1 && request_id.set(request_id_value);
+    if !kept {
+        request_id.set(fwd.request_id);
     }
-    push_ip(out, client_ip);
-    out.extend_from_slice(b"\r\n\r\n");
+    push_forwarding_fields(out, headers, fwd, host, request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
 
     Ok(Some(RequestHead {
         head_len,
@@ -328,7 +355,96 @@ pub fn parse(
         keep_alive,
         upgrade,
         expect_continue: expect_continue && body != BodyFraming::None && minor == 1,
+        request_id,
     }))
+}
+
+/// The fields [`push_forwarding_fields`] writes; the client's lines of them
+/// are never copied as they are.
+fn is_forwarding_field(name: &[u8]) -> bool {
+    match name.len() {
+        9 => name.eq_ignore_ascii_case(b"forwarded"),
+        12 => name.eq_ignore_ascii_case(b"x-request-id"),
+        15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
+        16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
+        17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
+        _ => false,
+    }
+}
+
+/// Writes the forwarding fields by the rules of the module docs: `host` is
+/// the Host as received (or the absolute target's authority), `request_id`
+/// the id decided on. Allocates nothing beyond `out`.
+fn push_forwarding_fields(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    fwd: &Forwarding<'_>,
+    host: &[u8],
+    request_id: &[u8],
+) {
+    let trusted = fwd.trusted;
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if trusted && push_values(out, headers, b"x-forwarded-for") {
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, fwd.peer);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    if !(trusted && push_values(out, headers, b"x-forwarded-proto")) {
+        out.extend_from_slice(b"http");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mark = out.len();
+    out.extend_from_slice(b"X-Forwarded-Host: ");
+    if !(trusted && push_values(out, headers, b"x-forwarded-host")) {
+        out.extend_from_slice(host);
+    }
+    if host.is_empty() && out.len() == mark + b"X-Forwarded-Host: ".len() {
+        out.truncate(mark);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+    if fwd.forwarded || trusted {
+        let mark = out.len();
+        out.extend_from_slice(b"Forwarded: ");
+        let incoming = trusted && push_values(out, headers, b"forwarded");
+        if fwd.forwarded {
+            if incoming {
+                out.extend_from_slice(b", ");
+            }
+            push_forwarded_element(out, fwd.peer, host);
+        } else if !incoming {
+            out.truncate(mark);
+        }
+        if out.len() > mark {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if !request_id.is_empty() {
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(request_id);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes the non-empty values of every `name` field (lowercase), trimmed
+/// and joined with `, `; returns whether there was one.
+fn push_values(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    let mut any = false;
+    for h in headers {
+        let value = super::trim_ows(h.value);
+        if value.is_empty()
+            || h.name.len() != name.len()
+            || !h.name.as_bytes().eq_ignore_ascii_case(name)
+        {
+            continue;
+        }
+        if any {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(value);
+        any = true;
+    }
+    any
 }
 
 /// True when the request at the start of `buf` (which [`parse`] may have
@@ -499,41 +615,51 @@ fn looks_like_other_version(buf: &[u8]) -> bool {
     }
 }
 
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            for (i, b) in o.iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_decimal(out, u64::from(*b));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    /// The id the tests' connection made for the request.
+    const ID: &[u8] = b"0123456789abcdef0123456789abcdef";
+    /// A trusted peer at 127.0.0.1, `Forwarded` off.
+    const FWD: Forwarding<'static> = Forwarding {
+        peer: IP,
+        trusted: true,
+        forwarded: false,
+        request_id: ID,
+    };
 
     fn ok(raw: &[u8]) -> (RequestHead, String) {
+        ok_with(raw, &FWD)
+    }
+
+    fn ok_with(raw: &[u8], fwd: &Forwarding<'_>) -> (RequestHead, String) {
         let mut out = Vec::new();
-        let h = parse(raw, 65536, IP, &mut out)
+        let h = parse(raw, 65536, fwd, &mut out)
             .expect("valid")
             .expect("complete");
         (h, String::from_utf8(out).unwrap())
     }
 
+    /// The forwarding fields written for a request to `host` from
+    /// 127.0.0.1 that carried none, and the end of the head.
+    fn tail(host: &str) -> String {
+        let xfh = if host.is_empty() {
+            String::new()
+        } else {
+            format!("X-Forwarded-Host: {host}\r\n")
+        };
+        format!(
+            "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n{xfh}X-Request-Id: {}\r\n\r\n",
+            String::from_utf8_lossy(ID)
+        )
+    }
+
     fn status(raw: &[u8]) -> Option<u16> {
         let mut out = Vec::new();
-        parse(raw, 65536, IP, &mut out)
+        parse(raw, 65536, &FWD, &mut out)
             .err()
             .and_then(|e| e.status())
     }
@@ -546,7 +672,10 @@ mod tests {
         assert!(h.keep_alive);
         assert_eq!(
             out,
-            "GET /a?b=c HTTP/1.1\r\nHost: example\r\nAccept: */*\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+            format!(
+                "GET /a?b=c HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n{}",
+                tail("example")
+            )
         );
     }
 
@@ -554,7 +683,7 @@ mod tests {
     fn partial_needs_more() {
         let mut out = Vec::new();
         assert_eq!(
-            parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 65536, IP, &mut out).unwrap(),
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 65536, &FWD, &mut out).unwrap(),
             None
         );
     }
@@ -566,16 +695,208 @@ mod tests {
         assert!(!h.upgrade);
         assert_eq!(
             out,
-            "GET / HTTP/1.1\r\nHost: a\r\nX-Bar: 2\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Bar: 2\r\n{}", tail("a"))
+        );
+    }
+
+    /// A peer outside `trusted_proxies`, `Forwarded` off.
+    const UNTRUSTED: Forwarding<'static> = Forwarding {
+        trusted: false,
+        ..FWD
+    };
+
+    /// The value of the one `name` line of a forwarded head (`None`: no
+    /// such line; two lines fail the test).
+    fn field(out: &str, name: &str) -> Option<String> {
+        let mut found = out
+            .split("\r\n")
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let first = found.next().map(|(_, v)| v.to_string());
+        assert!(found.next().is_none(), "two {name} lines in {out:?}");
+        first
+    }
+
+    #[test]
+    fn xff_is_appended_from_a_trusted_peer_and_replaced_from_others() {
+        let raw = b"GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\nHost: a\r\nx-forwarded-for: 10.0.0.2\r\nX-Forwarded-For:\r\n\r\n";
+        let (_, out) = ok(raw);
+        assert_eq!(
+            field(&out, "X-Forwarded-For").as_deref(),
+            Some("10.0.0.1, 10.0.0.2, 127.0.0.1"),
+            "{out}"
+        );
+        let (_, out) = ok_with(raw, &UNTRUSTED);
+        assert_eq!(field(&out, "X-Forwarded-For").as_deref(), Some("127.0.0.1"));
+        // An IPv6 peer is written plainly, as nginx does.
+        let v6 = Forwarding {
+            peer: "2001:db8::7".parse().unwrap(),
+            ..UNTRUSTED
+        };
+        let (_, out) = ok_with(raw, &v6);
+        assert_eq!(
+            field(&out, "X-Forwarded-For").as_deref(),
+            Some("2001:db8::7")
+        );
+        // The underscore spelling is dropped, whoever sends it.
+        let (_, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n");
+        assert!(!out.contains("6.6.6.6"), "{out}");
+    }
+
+    #[test]
+    fn proto_and_host_are_kept_from_a_trusted_peer_and_replaced_from_others() {
+        let raw = b"GET / HTTP/1.1\r\nHost: inner:8080\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: outer.example\r\nx-forwarded-host: second\r\n\r\n";
+        let (_, out) = ok(raw);
+        assert_eq!(field(&out, "X-Forwarded-Proto").as_deref(), Some("https"));
+        assert_eq!(
+            field(&out, "X-Forwarded-Host").as_deref(),
+            Some("outer.example, second")
+        );
+        let (_, out) = ok_with(raw, &UNTRUSTED);
+        assert_eq!(field(&out, "X-Forwarded-Proto").as_deref(), Some("http"));
+        assert_eq!(
+            field(&out, "X-Forwarded-Host").as_deref(),
+            Some("inner:8080")
+        );
+        // Absent (or empty) from a trusted peer: ours.
+        let (_, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: \r\n\r\n");
+        assert_eq!(field(&out, "X-Forwarded-Proto").as_deref(), Some("http"));
+        assert_eq!(field(&out, "X-Forwarded-Host").as_deref(), Some("a"));
+        // An absolute-form target's authority is the host.
+        let (_, out) = ok_with(
+            b"GET http://abs.example:81/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            &UNTRUSTED,
+        );
+        assert_eq!(
+            field(&out, "X-Forwarded-Host").as_deref(),
+            Some("abs.example:81")
+        );
+        // HTTP/1.0 without Host: no X-Forwarded-Host at all.
+        let (_, out) = ok_with(b"GET / HTTP/1.0\r\n\r\n", &UNTRUSTED);
+        assert_eq!(field(&out, "X-Forwarded-Host"), None, "{out}");
+    }
+
+    #[test]
+    fn forwarded_is_written_only_when_on_and_believed_only_from_trusted_peers() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a.example:8080\r\nForwarded: for=192.0.2.1\r\nforwarded: for=192.0.2.2;proto=https\r\n\r\n";
+        // Off: a trusted peer's passes through (merged), another's is dropped.
+        let (_, out) = ok(raw);
+        assert_eq!(
+            field(&out, "Forwarded").as_deref(),
+            Some("for=192.0.2.1, for=192.0.2.2;proto=https")
+        );
+        let (_, out) = ok_with(raw, &UNTRUSTED);
+        assert_eq!(field(&out, "Forwarded"), None, "{out}");
+        let (_, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(field(&out, "Forwarded"), None, "{out}");
+        // On: our element appended (trusted) or alone (untrusted).
+        let on = Forwarding {
+            forwarded: true,
+            ..FWD
+        };
+        let (_, out) = ok_with(raw, &on);
+        assert_eq!(
+            field(&out, "Forwarded").as_deref(),
+            Some(
+                "for=192.0.2.1, for=192.0.2.2;proto=https, for=127.0.0.1;host=\"a.example:8080\";proto=http"
+            )
+        );
+        let on_untrusted = Forwarding {
+            trusted: false,
+            ..on
+        };
+        let (_, out) = ok_with(raw, &on_untrusted);
+        assert_eq!(
+            field(&out, "Forwarded").as_deref(),
+            Some("for=127.0.0.1;host=\"a.example:8080\";proto=http")
+        );
+        // IPv6 peers are quoted and bracketed (RFC 7239 §6); no Host, no host=.
+        let v6 = Forwarding {
+            peer: "2001:db8::1".parse().unwrap(),
+            ..on_untrusted
+        };
+        let (_, out) = ok_with(b"GET / HTTP/1.0\r\n\r\n", &v6);
+        assert_eq!(
+            field(&out, "Forwarded").as_deref(),
+            Some("for=\"[2001:db8::1]\";proto=http")
+        );
+        let (_, out) = ok_with(b"GET / HTTP/1.1\r\nHost: plain\r\n\r\n", &v6);
+        assert_eq!(
+            field(&out, "Forwarded").as_deref(),
+            Some("for=\"[2001:db8::1]\";host=plain;proto=http")
         );
     }
 
     #[test]
-    fn xff_is_appended() {
-        let (_, out) = ok(b"GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\nHost: a\r\nx-forwarded-for: 10.0.0.2\r\n\r\n");
-        assert!(
-            out.ends_with("X-Forwarded-For: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\n\r\n"),
-            "{out}"
+    fn request_id_is_kept_only_from_a_trusted_peer_and_only_when_acceptable() {
+        let ours = String::from_utf8_lossy(ID).into_owned();
+        // Absent: ours.
+        let (h, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(field(&out, "X-Request-Id"), Some(ours.clone()));
+        assert_eq!(h.request_id.as_bytes(), ID);
+        // Trusted and acceptable: kept, whitespace trimmed.
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id:  edge-7f3a:{1} \r\n\r\n";
+        let (h, out) = ok(raw);
+        assert_eq!(
+            field(&out, "X-Request-Id").as_deref(),
+            Some("edge-7f3a:{1}")
+        );
+        assert_eq!(h.request_id.as_bytes(), b"edge-7f3a:{1}");
+        // Untrusted: replaced.
+        let (h, out) = ok_with(raw, &UNTRUSTED);
+        assert_eq!(field(&out, "X-Request-Id"), Some(ours.clone()));
+        assert_eq!(h.request_id.as_bytes(), ID);
+        // Trusted but not acceptable: replaced.
+        let long = "a".repeat(crate::request_id::MAX_REQUEST_ID + 1);
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: a b\r\n\r\n".to_string(),
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: \r\n\r\n".to_string(),
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: {long}\r\n\r\n"),
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: one\r\nx-request-id: two\r\n\r\n"
+                .to_string(),
+        ] {
+            let (h, out) = ok(bad.as_bytes());
+            assert_eq!(field(&out, "X-Request-Id"), Some(ours.clone()), "{bad:?}");
+            assert_eq!(h.request_id.as_bytes(), ID);
+        }
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: caf\xc3\xa9\r\n\r\n".to_vec();
+        let (h, _) = ok(&raw);
+        assert_eq!(h.request_id.as_bytes(), ID, "non-ASCII is replaced");
+        // The longest acceptable one is kept.
+        raw = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: {}\r\n\r\n",
+            &long[1..]
+        )
+        .into_bytes();
+        let (h, _) = ok(&raw);
+        assert_eq!(h.request_id.as_bytes(), &long.as_bytes()[1..]);
+        // No id made (tests): no field.
+        let none = Forwarding {
+            request_id: b"",
+            ..UNTRUSTED
+        };
+        let (_, out) = ok_with(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: x\r\n\r\n",
+            &none,
+        );
+        assert_eq!(field(&out, "X-Request-Id"), None, "{out}");
+    }
+
+    #[test]
+    fn forwarding_fields_come_once_each_after_the_clients_lines() {
+        let (_, out) = ok_with(
+            b"GET / HTTP/1.1\r\nX-Request-Id: r\r\nHost: a\r\nForwarded: for=x\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: b\r\nZ: 1\r\n\r\n",
+            &Forwarding {
+                forwarded: true,
+                ..UNTRUSTED
+            },
+        );
+        assert_eq!(
+            out,
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nZ: 1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\nForwarded: for=127.0.0.1;host=a;proto=http\r\nX-Request-Id: {}\r\n\r\n",
+                String::from_utf8_lossy(ID)
+            )
         );
     }
 
@@ -653,7 +974,7 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 2000));
         assert!(matches!(
-            parse(&huge, 1024, IP, &mut out),
+            parse(&huge, 1024, &FWD, &mut out),
             Err(ProxyError::HeaderTooLarge)
         ));
     }
@@ -662,10 +983,7 @@ mod tests {
     fn http10_gets_host_and_keep_alive_rules() {
         let (h, out) = ok(b"GET / HTTP/1.0\r\n\r\n");
         assert!(!h.keep_alive);
-        assert_eq!(
-            out,
-            "GET / HTTP/1.1\r\nHost: \r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
-        );
+        assert_eq!(out, format!("GET / HTTP/1.1\r\nHost: \r\n{}", tail("")));
         let (h, _) = ok(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert!(h.keep_alive);
     }
@@ -818,6 +1136,10 @@ mod tests {
                 "upgrade",
                 "expect",
                 "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "forwarded",
+                "x-request-id",
                 "te",
                 "trailer",
                 "keep-alive",
@@ -991,6 +1313,15 @@ mod tests {
             .collect();
         xff.push(b"127.0.0.1".to_vec());
         forwarded.push(("X-Forwarded-For".to_string(), xff.join(&b", "[..])));
+        forwarded.push(("X-Forwarded-Proto".to_string(), b"http".to_vec()));
+        let host = headers
+            .iter()
+            .find(|(n, _)| lc(n) == "host")
+            .map(|(_, v)| v.clone());
+        if let Some(h) = authority.clone().map(String::into_bytes).or(host) {
+            forwarded.push(("X-Forwarded-Host".to_string(), h));
+        }
+        forwarded.push(("X-Request-Id".to_string(), ID.to_vec()));
 
         // Serialise with optional whitespace around values.
         let mut raw = Vec::new();
@@ -1038,7 +1369,7 @@ mod tests {
             let g = generate(&mut rng);
             let show = || String::from_utf8_lossy(&g.raw).into_owned();
             let mut out = Vec::new();
-            let h = match parse(&g.raw, 65536, IP, &mut out) {
+            let h = match parse(&g.raw, 65536, &FWD, &mut out) {
                 Ok(Some(h)) => h,
                 other => panic!("case {case}: {other:?} for {:?}", show()),
             };
@@ -1082,16 +1413,23 @@ mod tests {
             // one, which ekilibri refuses from a client, as nginx does).
             let empty_host = g.forwarded.iter().any(|(n, v)| n == "Host" && v.is_empty());
             let mut again = Vec::new();
-            match parse(&out, 65536, IP, &mut again) {
+            match parse(&out, 65536, &FWD, &mut again) {
                 Ok(Some(h2)) => {
                     assert!(!empty_host, "case {case}: empty Host accepted");
                     assert_eq!(h2.body, h.body);
                     assert_eq!(h2.method, h.method);
                     assert_eq!(h2.upgrade, h.upgrade);
-                    let xff_end = |v: &[u8]| v.len() - b"127.0.0.1\r\n\r\n".len();
+                    // From a trusted peer, only the peer is appended to
+                    // X-Forwarded-For; the other fields are kept.
+                    let xff = |v: &[u8]| {
+                        let s = memchr::memmem::find(v, b"\r\nX-Forwarded-For: ").expect("xff");
+                        let e = s + memchr::memmem::find(&v[s + 2..], b"\r\n").expect("eol") + 2;
+                        (v[..s].to_vec(), v[s..e].to_vec(), v[e..].to_vec())
+                    };
+                    let (before, line, after) = xff(&out);
                     assert_eq!(
-                        &again[..xff_end(&again)],
-                        [&out[..xff_end(&out)], b"127.0.0.1, "].concat(),
+                        xff(&again),
+                        (before, [&line[..], b", 127.0.0.1"].concat(), after),
                         "case {case}"
                     );
                 }
@@ -1104,7 +1442,7 @@ mod tests {
                 for cut in 0..g.raw.len() {
                     let mut o = Vec::new();
                     assert!(
-                        matches!(parse(&g.raw[..cut], 65536, IP, &mut o), Ok(None)),
+                        matches!(parse(&g.raw[..cut], 65536, &FWD, &mut o), Ok(None)),
                         "case {case}: prefix of {cut} bytes of {:?}",
                         show()
                     );
@@ -1168,12 +1506,15 @@ mod tests {
             ok(b"GET http://evil.example/x?y HTTP/1.1\r\nA: 1\r\nHost: good\r\nB: 2\r\n\r\n");
         assert_eq!(
             out,
-            "GET /x?y HTTP/1.1\r\nHost: evil.example\r\nA: 1\r\nB: 2\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+            format!(
+                "GET /x?y HTTP/1.1\r\nHost: evil.example\r\nA: 1\r\nB: 2\r\n{}",
+                tail("evil.example")
+            )
         );
         let (_, out) = ok(b"GET HTTPS://a:1?q HTTP/1.0\r\n\r\n");
         assert_eq!(
             out,
-            "GET /?q HTTP/1.1\r\nHost: a:1\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+            format!("GET /?q HTTP/1.1\r\nHost: a:1\r\n{}", tail("a:1"))
         );
         let (_, out) = ok(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(
@@ -1195,15 +1536,15 @@ mod tests {
     fn h2c_is_removed_from_upgrades() {
         let (h, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n\r\n");
         assert!(!h.upgrade);
-        assert_eq!(
-            out,
-            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
-        );
+        assert_eq!(out, format!("GET / HTTP/1.1\r\nHost: a\r\n{}", tail("a")));
         let (h, out) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: H2C, websocket\r\nUpgrade: h2c/1, x/2\r\n\r\n");
         assert!(h.upgrade);
         assert_eq!(
             out,
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket, x/2\r\nConnection: upgrade\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket, x/2\r\nConnection: upgrade\r\n{}",
+                tail("a")
+            )
         );
     }
 

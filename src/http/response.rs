@@ -10,6 +10,10 @@
 //! transfer coding other than chunked (we cannot remove a coding without
 //! decoding it, RFC 9112 §6.1), or whose status is outside 100-599 is
 //! refused with a 502 so it can never desynchronise or mislead the client.
+//!
+//! A final head also carries the request's id: the backend's `X-Request-Id`
+//! lines are replaced by one with the id the backend was sent, so the
+//! client, the backend and the access log see the same id.
 
 use std::mem::MaybeUninit;
 
@@ -20,7 +24,7 @@ use crate::error::ProxyError;
 
 /// What the client side asked for; it shapes the rewritten head.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientSide {
+pub struct ClientSide<'a> {
     /// The request was HEAD (the response has no body).
     pub head_request: bool,
     /// The client's HTTP minor version.
@@ -29,6 +33,9 @@ pub struct ClientSide {
     pub keep_alive: bool,
     /// The client asked for an upgrade, so a 101 is acceptable.
     pub upgrade: bool,
+    /// The request's id, written as `X-Request-Id` on a final head in place
+    /// of the backend's. Empty: the backend's lines pass as they are.
+    pub request_id: &'a [u8],
 }
 
 /// A parsed backend response head and the decisions taken from it.
@@ -57,7 +64,7 @@ pub struct ResponseHead {
 pub fn parse(
     buf: &[u8],
     max_header_bytes: usize,
-    client: ClientSide,
+    client: ClientSide<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, ProxyError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
@@ -157,10 +164,13 @@ pub fn parse(
     out.extend_from_slice(b"HTTP/1.1");
     // httparse validated "HTTP/1.x" (8 bytes) at `start`.
     out.extend_from_slice(&buf[start + 8..status_end]);
+    let with_id = !interim && !client.request_id.is_empty();
     copy_kept_lines(buf, headers, out, |h| {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name) {
             switching && name.eq_ignore_ascii_case(b"upgrade")
+        } else if with_id && name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id") {
+            false
         } else {
             !conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
         }
@@ -183,6 +193,11 @@ pub fn parse(
             }
         }
         _ => {}
+    }
+    if with_id {
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(client.request_id);
+        out.extend_from_slice(b"\r\n");
     }
     if switching {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -216,6 +231,7 @@ mod tests {
         minor_version: 1,
         keep_alive: true,
         upgrade: false,
+        request_id: b"",
     };
 
     fn ok(raw: &[u8], c: ClientSide) -> (ResponseHead, String) {
@@ -243,6 +259,26 @@ mod tests {
             out,
             "HTTP/1.1 200 OK\r\nServer: b\r\nContent-Length: 5\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn request_id_replaces_the_backends_on_final_heads_only() {
+        let c = ClientSide {
+            request_id: b"abc123",
+            ..C11
+        };
+        let (_, out) = ok(
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: backend\r\nA: 1\r\nx-request-id: two\r\nContent-Length: 0\r\n\r\n",
+            c,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nA: 1\r\nContent-Length: 0\r\nX-Request-Id: abc123\r\n\r\n"
+        );
+        let (_, out) = ok(b"HTTP/1.1 103 Early Hints\r\nX-Request-Id: b\r\n\r\n", c);
+        assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nX-Request-Id: b\r\n\r\n");
+        let (_, out) = ok(b"HTTP/1.1 204 No Content\r\nX-Request-Id: b\r\n\r\n", C11);
+        assert_eq!(out, "HTTP/1.1 204 No Content\r\nX-Request-Id: b\r\n\r\n");
     }
 
     #[test]
@@ -395,6 +431,7 @@ mod tests {
                 minor_version: if rng.chance(80) { 1 } else { 0 },
                 keep_alive: rng.chance(80),
                 upgrade: status == 101 || rng.chance(5),
+                request_id: b"",
             };
             let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
             for _ in 0..rng.below(10) {
