@@ -59,6 +59,11 @@ ALL_CONTENDERS = ["direct", "ekilibri", "ekilibri-plain", "nginx", "haproxy", "h
 # to measure the io_uring setup flags in the same run. Not run by default.
 DEFAULT_CONTENDERS = [c for c in ALL_CONTENDERS if c != "ekilibri-plain"]
 PROXIES = ["ekilibri", "ekilibri-plain", "nginx", "haproxy", "haproxy-tcp"]
+# --baseline LABEL=PATH: another ekilibri binary (an older commit) benched as
+# contender "ekilibri@LABEL" with the same config as "ekilibri", so a change
+# is compared with what it replaced in the same run, interleaved.
+BASELINES: dict[str, Path] = {}
+BASELINE_COLORS = ["#2ca02c", "#98df8a", "#17becf", "#9edae5"]
 BASELINE = "nginx"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -348,7 +353,7 @@ def write_configs(name: str, port: int, backends: list[int], workers: int, cfgdi
     pins its own workers one per CPU with pin_workers; this gives nginx and HAProxy
     the same layout). Without pin_cpus every contender's workers float."""
     servers = [f"127.0.0.1:{p}" for p in backends]
-    if name in ("ekilibri", "ekilibri-plain"):
+    if name in ("ekilibri", "ekilibri-plain") or name in BASELINES:
         # nginx keeps up to 256 idle upstream connections per worker in total;
         # ekilibri's pool_size is per backend per worker, so split the same budget.
         pool = max(1, math.ceil(256 / len(servers)))
@@ -474,8 +479,9 @@ def start_contender(name: str, procs: Procs, bins: Path, backends: list[int], wo
     port = free_port()
     cfg = write_configs(name, port, backends, workers, cfgdir, pin_cpus)
     log_path = logdir / f"{name}-{tag}.log"
-    if name in ("ekilibri", "ekilibri-plain"):
-        argv = [str(bins / "ekilibri"), "-f", str(cfg), "--workers", str(workers)]
+    if name in ("ekilibri", "ekilibri-plain") or name in BASELINES:
+        binary = BASELINES.get(name, bins / "ekilibri")
+        argv = [str(binary), "-f", str(cfg), "--workers", str(workers)]
     elif name == "nginx":
         prefix = cfgdir / "nginx"
         argv = ["nginx", "-p", str(prefix), "-c", str(cfg), "-e", "/dev/null", "-g", "daemon off;"]
@@ -1139,6 +1145,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 3; quick/smoke 1)")
     ap.add_argument("--duration", type=int, help="seconds per measurement (default 5; quick/smoke 1)")
     ap.add_argument("--warmup", type=int, help="warm-up seconds before each measurement (default 1; quick/smoke 0)")
+    ap.add_argument("--baseline", action="append", default=[], metavar="LABEL=PATH",
+                    help="also bench the ekilibri binary PATH (e.g. an older commit's) as contender "
+                         "ekilibri@LABEL, same config as ekilibri; repeatable")
     ap.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                     help=f"comma-separated subset of {','.join(ALL_CONTENDERS)}")
     ap.add_argument("--workloads", help="comma-separated subset of " + ",".join(w.name for w in all_workloads()) + " (default: all)")
@@ -1189,7 +1198,19 @@ def main(argv: list[str]) -> int:
         a.cpus_client = a.cpus_backend = ",".join(map(str, rest))
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     short = mode != "full"
+    for spec in a.baseline:
+        label, _, path = spec.partition("=")
+        binary = Path(path).resolve()
+        if not label or not binary.is_file():
+            print(f"--baseline {spec!r}: expected LABEL=PATH to an ekilibri binary", file=sys.stderr)
+            return 2
+        name = f"ekilibri@{label}"
+        BASELINES[name] = binary
+        ALL_CONTENDERS.insert(ALL_CONTENDERS.index("ekilibri") + 1, name)
+        PROXIES.append(name)
+        COLORS[name] = BASELINE_COLORS[(len(BASELINES) - 1) % len(BASELINE_COLORS)]
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    contenders += [b for b in BASELINES if b not in contenders]
     bad = [c for c in contenders if c not in ALL_CONTENDERS]
     if bad or not contenders:
         print(f"unknown contenders {bad}; choose from {ALL_CONTENDERS}", file=sys.stderr)
