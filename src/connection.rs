@@ -69,6 +69,7 @@ pub async fn serve<R: Registration>(
         buf: IoBuf::new(CLIENT_BUF, (max + CLIENT_BUF).max(BODY_BUF)),
         peer,
         local,
+        private: None,
     };
     if w.config().proxy_protocol
         && let Err(why) = read_proxy_header(&w.config(), &mut client).await

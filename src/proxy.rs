@@ -67,6 +67,10 @@ pub struct Client {
     pub peer: std::net::SocketAddr,
     /// The address the client connected to (likewise).
     pub local: std::net::SocketAddr,
+    /// The backend connection kept for this client alone: a pool with
+    /// `send_proxy_protocol` sent the client's PROXY header on it, so it may
+    /// serve this client's next request to the same backend and no other.
+    pub private: Option<(BackendId, BackendConn)>,
 }
 
 /// What happened to one request, for the keep-alive decision, metrics and
@@ -224,11 +228,17 @@ pub async fn handle(
             .needs_inflight()
             .then(|| backend.start_request());
         let _local = cx.metrics.inflight(backend.id);
-        // A PROXY protocol header belongs to one connection: such a pool's
-        // backend connections are never shared or reused.
-        let private = pool.send_proxy_protocol.is_some();
-        let pooled = if fresh || private {
+        // A PROXY protocol header belongs to one client connection: such a
+        // pool's backend connections are never shared; each stays with its
+        // client for the next request to the same backend.
+        let pooled = if fresh {
             None
+        } else if pool.send_proxy_protocol.is_some() {
+            ex.client
+                .private
+                .take()
+                .filter(|(id, _)| *id == backend.id)
+                .and_then(|(_, c)| c.reuse())
         } else {
             cx.pool.borrow_mut().take(backend.id)
         };
@@ -524,12 +534,13 @@ async fn attempt(
             if head.status < 500 {
                 cx.report_success(view);
             }
-            if head.backend_keep_alive
-                && conn.buf.is_empty()
-                && ex.pool().send_proxy_protocol.is_none()
-            {
-                let keep = ex.pool().pool_size;
-                cx.pool.borrow_mut().put(backend.id, conn, keep);
+            if head.backend_keep_alive && conn.buf.is_empty() {
+                if ex.pool().send_proxy_protocol.is_some() {
+                    ex.client.private = Some((backend.id, conn));
+                } else {
+                    let keep = ex.pool().pool_size;
+                    cx.pool.borrow_mut().put(backend.id, conn, keep);
+                }
             }
             Attempt::Done(Served {
                 keep: head.client_keep_alive,

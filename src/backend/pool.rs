@@ -38,6 +38,16 @@ pub struct BackendConn {
 }
 
 impl BackendConn {
+    /// This connection again, for its next request, when the backend has
+    /// neither closed it nor sent bytes nobody asked for while it sat idle.
+    pub fn reuse(mut self) -> Option<BackendConn> {
+        if !idle_and_clean(&self.stream) {
+            return None;
+        }
+        self.reused = true;
+        Some(self)
+    }
+
     /// Wraps a freshly connected socket.
     pub fn new(stream: TcpStream, max_header_bytes: usize) -> Self {
         crate::metrics::backend_conn_opened();
