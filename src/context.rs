@@ -4,7 +4,8 @@
 //! configuration and health snapshot, the balancer, the keep-alive pool,
 //! passive health reports, `max_connections` slots and their queues,
 //! half-open breaker trials, the retry budget and its jitter, request
-//! counters, metrics and the access-log buffer. [`connection`] and
+//! counters, metrics, the access-log buffer and the stash of spare
+//! client-request buffers. [`connection`] and
 //! [`proxy`] read and update it for every request.
 //!
 //! It does not own the accept loop, the control-message loop or the drain
@@ -34,6 +35,7 @@ use crate::health::{BackendView, BreakerState, FailureKind, Outcome, Report, Sna
 use crate::messages::FromWorker;
 use crate::metrics::WorkerMetrics;
 use crate::retry::RetryBudget;
+use crate::stash::Stash;
 
 /// The log target of what a worker applies (configs, snapshots): these
 /// lines are the worker's, whichever module applies them, so filters such as
@@ -92,6 +94,9 @@ pub struct Context {
     pub budget: RefCell<RetryBudget>,
     /// Randomness for retry jitter.
     pub rng: RefCell<Rng>,
+    /// Spare client-request buffers: idle client connections give theirs
+    /// back here and take a set when their next request arrives.
+    pub stash: RefCell<Stash>,
 }
 
 /// Why a request could not get a backend slot.
@@ -158,6 +163,7 @@ impl Context {
             waiting: RefCell::new(Vec::new()),
             budget: RefCell::new(RetryBudget::new(config.retry_budget)),
             rng: RefCell::new(Rng::new(0xb0ff ^ id as u64)),
+            stash: RefCell::new(Stash::default()),
         }
     }
 

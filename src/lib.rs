@@ -51,6 +51,8 @@
 //!   process and build metrics read on scrape.
 //! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
+//! - [`stash`]: a worker's bounded spare client-request buffers, which idle
+//!   client connections give back so they hold none while they wait.
 //! - [`config`]: the TOML file (compatible with the original Ekilibri),
 //!   validated into an immutable [`config::Config`].
 //! - [`error`]: error enums; every proxy error knows its status code.
@@ -86,6 +88,7 @@ pub mod proxy;
 pub mod retry;
 pub mod runtime;
 pub mod sdnotify;
+pub mod stash;
 pub mod upgrade;
 pub mod uring;
 pub mod worker;
