@@ -13,10 +13,12 @@
 //! high-water mark of buffers once it is over. It knows nothing of sockets
 //! or HTTP; backend read buffers have their own spares in the pool.
 
-/// Sets kept per worker: enough for the requests a busy worker turns over
-/// between two of its connections going idle, small enough that at most
-/// `SPARE_SETS x (read buffer + 2 x OUT_KEEP)` bytes stay pinned after a burst.
-pub const SPARE_SETS: usize = 64;
+/// Sets kept per worker: enough for the connections of a busy worker that
+/// are idle at the same instant (between a response and the next request),
+/// small enough that a burst pins little once it is over (typically
+/// `16 x ~5 KiB`, at most `16 x (4 KiB + 2 x OUT_KEEP)`). A miss costs a
+/// few allocations, nothing more.
+pub const SPARE_SETS: usize = 16;
 
 /// Largest output buffer kept. A head is far smaller; what grows past this
 /// carried a coalesced request body or a relayed response body, and goes
