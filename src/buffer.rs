@@ -6,8 +6,15 @@
 //! need either), consumed bytes are skipped by an offset, and the live bytes
 //! move to the front only when the tail is full. It grows (up to a limit) only
 //! when a single head does not fit.
+//!
+//! A buffer can hold no storage at all ([`IoBuf::unallocated`],
+//! [`IoBuf::release`]): idle connections, client or pooled backend, give
+//! their storage back to a per-worker spare list and [`IoBuf::attach`] one
+//! again when they have bytes to read.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 
@@ -26,6 +33,18 @@ impl IoBuf {
     pub fn new(initial: usize, max: usize) -> Self {
         IoBuf {
             data: vec![0; initial],
+            start: 0,
+            end: 0,
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// A buffer like [`IoBuf::new`] that holds no storage yet: its first
+    /// read allocates `initial` bytes, unless [`IoBuf::attach`] gave it some.
+    pub fn unallocated(initial: usize, max: usize) -> Self {
+        IoBuf {
+            data: Vec::new(),
             start: 0,
             end: 0,
             initial,
@@ -132,6 +151,27 @@ impl IoBuf {
             }
         }
         &mut self.data[self.end..]
+    }
+
+    /// Polls one read from `r` into the free tail, like
+    /// [`IoBuf::read_from`]. The buffer is lent to `r` for this call only,
+    /// so while it is `Pending` the caller may [`IoBuf::release`] the
+    /// storage and attach it again before the next poll.
+    pub fn poll_read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+    ) -> Poll<io::Result<usize>> {
+        let spare = self.spare();
+        if spare.is_empty() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "read buffer full",
+            )));
+        }
+        let n = ready!(Pin::new(r).poll_read(cx, spare))?;
+        self.end += n;
+        Poll::Ready(Ok(n))
     }
 
     /// Reads once from `r` into the free tail; returns the bytes read

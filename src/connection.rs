@@ -13,12 +13,23 @@
 //! (400, 414, 431, 505, ...) and the connection is closed, since what follows
 //! it cannot be framed. During a drain, an idle connection is closed and a
 //! busy one closes after its current response.
+//!
+//! Idle connections are cheap (well under 1 KiB of our memory each, see
+//! `tools/idle-conns.py`): a connection waiting for its first or next
+//! request holds no buffer. It gives its read buffer and its two output
+//! buffers back to the worker's [`Stash`](crate::stash::Stash) and takes a
+//! set only for the poll of its read that finds bytes (see `read_parked`):
+//! the wait itself is glommio's readiness poll, which holds no buffer.
+//! The proxying of a request is a large future; it is boxed for the time
+//! of the request, so the connection's own task stays small while it
+//! waits.
 
+use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use tracing::debug;
 
@@ -35,11 +46,12 @@ use crate::http::request::{self, RequestHead};
 use crate::proxy::{self, BODY_BUF, Client, Served};
 use crate::proxy_protocol;
 use crate::request_id::RequestId;
+use crate::stash::RequestBufs;
 
 /// Initial client read buffer: most request heads fit. It grows for large
-/// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]),
-/// and shrinks back when the connection goes idle, so an idle keep-alive
-/// connection costs little memory.
+/// heads (up to `max_header_bytes`) and for long bodies (to [`BODY_BUF`]);
+/// a grown buffer is freed when the connection goes idle, one of this size
+/// goes back to the worker's stash.
 pub const CLIENT_BUF: usize = 4 * 1024;
 
 /// A connection's entry in its worker's drain registry: the worker learns
@@ -51,104 +63,150 @@ pub trait Registration {
 }
 
 /// Serves one accepted connection until it closes. `register` enters it in
-/// the worker's drain registry once the connection is usable.
-pub async fn serve<R: Registration>(
+/// the worker's drain registry (right away, before the task first runs).
+///
+/// A plain function returning the connection's task, so the task keeps one
+/// copy of the connection's state (an `async fn` would also keep its
+/// arguments). While the connection is idle the task holds that state and a
+/// small read future; a request's work, proxying included, is a boxed
+/// future that lives only as long as the request.
+pub fn serve<R: Registration>(
     w: Rc<Context>,
     stream: TcpStream,
     register: impl FnOnce() -> R,
-) {
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return;
-    };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(w.config().send_timeout));
-    let guard = register();
-    let max = w.config().max_header_bytes;
-    let mut client = Client {
-        stream,
-        buf: IoBuf::new(CLIENT_BUF, (max + CLIENT_BUF).max(BODY_BUF)),
-        peer,
-        local,
-        private: None,
-    };
-    if w.config().proxy_protocol
-        && let Err(why) = read_proxy_header(&w.config(), &mut client).await
-    {
-        debug!(peer = %peer, "closing: {why}");
-        return;
+) -> impl Future<Output = ()> {
+    let addrs = stream.peer_addr().ok().zip(stream.local_addr().ok());
+    let mut conn = addrs.map(|(peer, local)| {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(w.config().send_timeout));
+        let max = w.config().max_header_bytes;
+        Conn {
+            client: Client {
+                stream,
+                // No storage until the client sends something (see `park`).
+                buf: IoBuf::unallocated(CLIENT_BUF, (max + CLIENT_BUF).max(BODY_BUF)),
+                peer,
+                local,
+                private: None,
+            },
+            head_out: Vec::new(),
+            resp_out: Vec::new(),
+            captured: access_log::Captured::default(),
+            first: true,
+            guard: Some(register()),
+        }
+    });
+    async move {
+        let Some(conn) = conn.as_mut() else {
+            return;
+        };
+        // From here on the client is who the PROXY header says it is.
+        let proxied = if w.config().proxy_protocol {
+            read_proxy_header(&w.config(), &mut conn.client).await
+        } else {
+            Ok(())
+        };
+        if let Err(why) = &proxied {
+            debug!(peer = %conn.client.peer, "closing: {why}");
+        }
+        while proxied.is_ok() {
+            if conn.client.buf.is_empty() && !conn.wait_idle(&w).await {
+                break;
+            }
+            if !Box::pin(conn.serve_request(&w)).await {
+                break;
+            }
+        }
+        drop(conn.guard.take());
+        // Whatever is left unread is never served: the buffers go back to
+        // the stash for the worker's other connections.
+        conn.client.buf.clear();
+        park(
+            &w,
+            &mut conn.client.buf,
+            &mut conn.head_out,
+            &mut conn.resp_out,
+        );
+        let _ = conn.client.stream.close().await;
     }
-    // From here on the client is who the PROXY header says it is.
-    let peer = client.peer;
-    let mut head_out = Vec::new();
-    let mut resp_out = Vec::new();
-    // What the access log keeps of each head; empty (no allocation) while
-    // the log is off.
-    let mut captured = access_log::Captured::default();
-    // This request's id, made before its head is read (an error answer
-    // carries it too); a trusted peer's id replaces it in the parsed head.
-    let mut request_id = RequestId::default();
-    let mut first = true;
-    loop {
+}
+
+/// One client connection's state between its requests.
+struct Conn<R> {
+    client: Client,
+    /// The forwarded request head; empty and unallocated while idle.
+    head_out: Vec<u8>,
+    /// The relayed response head; empty and unallocated while idle.
+    resp_out: Vec<u8>,
+    /// What the access log keeps of each head; empty (no allocation) while
+    /// the log is off.
+    captured: access_log::Captured,
+    /// No request was read yet (the idle wait is `client_header_timeout`,
+    /// not `keepalive_timeout`).
+    first: bool,
+    /// The drain registry entry; dropped before the socket is closed.
+    guard: Option<R>,
+}
+
+impl<R: Registration> Conn<R> {
+    /// Waits, holding no buffer, for the first bytes of the next request.
+    /// False: the connection should close quietly (the client closed or
+    /// idled out, or a drain started).
+    async fn wait_idle(&mut self, w: &Context) -> bool {
+        if w.drain_closes_idle() {
+            return false;
+        }
+        // Not held across the wait: a reload's new config applies next time.
+        let timeout = {
+            let cfg = w.config();
+            if self.first {
+                cfg.client_header_timeout
+            } else {
+                cfg.keepalive_timeout
+            }
+        };
+        let c = &mut self.client;
+        if let Some(g) = &self.guard {
+            g.set_idle(Some(c.stream.as_raw_fd()));
+        }
+        let _ = c.stream.set_read_timeout(Some(timeout));
+        let r = read_parked(w, c, &mut self.head_out, &mut self.resp_out).await;
+        if let Some(g) = &self.guard {
+            g.set_idle(None);
+        }
+        // End of stream, a timeout or an error: nothing to answer.
+        matches!(r, Ok(n) if n > 0)
+    }
+
+    /// Reads the rest of one request head (bytes of it are in the buffer)
+    /// and serves it. False: the connection should close.
+    async fn serve_request(&mut self, w: &Context) -> bool {
+        let peer = self.client.peer;
         let mut head_began = None;
+        // This request's id, made before its head is read (an error answer
+        // carries it too); a trusted peer's id replaces it in the parsed
+        // head. Part of the request's boxed future, not of the idle state.
+        let mut request_id = RequestId::default();
         w.request_ids.next_into(&mut request_id);
         let req = match read_head(
-            &w,
-            &mut client,
-            &mut head_out,
+            w,
+            &mut self.client,
+            &mut self.head_out,
             &request_id,
-            &guard,
-            first,
             &mut head_began,
         )
         .await
         {
             Ok(Some(r)) => r,
-            Ok(None) => break,
+            Ok(None) => return false,
             Err(e) => {
-                debug!(peer = %peer, "rejecting request: {e}");
-                if let Some(status) = e.status() {
-                    // A HEAD answer ends at its head, even before a close.
-                    let mut resp = if request::is_head(client.buf.filled()) {
-                        canned::error_response_to_head(status, true)
-                    } else {
-                        canned::error_response(status, true)
-                    };
-                    canned::add_request_id(&mut resp, request_id.as_bytes());
-                    let _ = client.stream.write_all(&resp).await;
-                    let served = Served {
-                        keep: false,
-                        status,
-                        backend: None,
-                        from_backend: false,
-                        response_bytes: resp.len() as u64,
-                        head_bytes: head_len(&resp) as u64,
-                        retries: 0,
-                    };
-                    if w.access_log_on() {
-                        captured.capture_line(client.buf.filled());
-                    } else {
-                        captured.clear();
-                    }
-                    let now = Instant::now();
-                    record(
-                        &w,
-                        peer,
-                        &captured,
-                        request_id.as_bytes(),
-                        Finished {
-                            method: None,
-                            served,
-                            body_bytes: resp.len().saturating_sub(head_len(&resp)) as u64,
-                            began: head_began.unwrap_or(now),
-                            head_done: now,
-                            request_bytes: client.buf.len() as u64,
-                        },
-                    );
-                }
-                break;
+                self.reject(w, e, head_began, &request_id).await;
+                return false;
             }
         };
-        first = false;
+        self.first = false;
+        let client = &mut self.client;
+        let captured = &mut self.captured;
         w.stats.requests.set(w.stats.requests.get() + 1);
         let started = Instant::now();
         if w.access_log_on() {
@@ -164,11 +222,11 @@ pub async fn serve<R: Registration>(
                 BodyFraming::Length(n) => n,
                 _ => 0,
             };
-        let served = proxy::handle(&w, &mut client, &req, &mut head_out, &mut resp_out).await;
+        let served = proxy::handle(w, client, &req, &mut self.head_out, &mut self.resp_out).await;
         record(
-            &w,
+            w,
             peer,
-            &captured,
+            captured,
             req.request_id.as_bytes(),
             Finished {
                 method: Some(req.method),
@@ -179,13 +237,115 @@ pub async fn serve<R: Registration>(
                 request_bytes,
             },
         );
-        if !served.keep || w.draining() {
-            break;
-        }
-        client.buf.shrink_if_idle();
+        served.keep && !w.draining()
     }
-    drop(guard);
-    let _ = client.stream.close().await;
+
+    /// Answers a malformed or late head with its status (if it has one)
+    /// and records it; the connection closes after it.
+    async fn reject(
+        &mut self,
+        w: &Context,
+        e: ProxyError,
+        head_began: Option<Instant>,
+        request_id: &RequestId,
+    ) {
+        let client = &mut self.client;
+        debug!(peer = %client.peer, "rejecting request: {e}");
+        let Some(status) = e.status() else {
+            return;
+        };
+        // A HEAD answer ends at its head, even before a close.
+        let mut resp = if request::is_head(client.buf.filled()) {
+            canned::error_response_to_head(status, true)
+        } else {
+            canned::error_response(status, true)
+        };
+        canned::add_request_id(&mut resp, request_id.as_bytes());
+        let _ = client.stream.write_all(&resp).await;
+        let served = Served {
+            keep: false,
+            status,
+            backend: None,
+            from_backend: false,
+            response_bytes: resp.len() as u64,
+            head_bytes: head_len(&resp) as u64,
+            retries: 0,
+        };
+        if w.access_log_on() {
+            self.captured.capture_line(client.buf.filled());
+        } else {
+            self.captured.clear();
+        }
+        let now = Instant::now();
+        record(
+            w,
+            client.peer,
+            &self.captured,
+            request_id.as_bytes(),
+            Finished {
+                method: None,
+                served,
+                body_bytes: resp.len().saturating_sub(head_len(&resp)) as u64,
+                began: head_began.unwrap_or(now),
+                head_done: now,
+                request_bytes: client.buf.len() as u64,
+            },
+        );
+    }
+}
+
+/// Gives an idle connection's buffers (its read buffer must be empty) back
+/// to the worker's stash: a read buffer that grew for a large head or a
+/// body is freed instead, so the stash only keeps [`CLIENT_BUF`]-sized ones.
+fn park(w: &Context, buf: &mut IoBuf, head_out: &mut Vec<u8>, resp_out: &mut Vec<u8>) {
+    if buf.is_released() && head_out.capacity() == 0 && resp_out.capacity() == 0 {
+        return;
+    }
+    let mut read = buf.release();
+    if read.len() != CLIENT_BUF {
+        read = Vec::new();
+    }
+    w.stash.borrow_mut().give(RequestBufs {
+        read,
+        head_out: std::mem::take(head_out),
+        resp_out: std::mem::take(resp_out),
+    });
+}
+
+/// Takes a set of buffers from the worker's stash for a connection whose
+/// client sent something; with none left they allocate on first use.
+fn unpark(w: &Context, buf: &mut IoBuf, head_out: &mut Vec<u8>, resp_out: &mut Vec<u8>) {
+    if !buf.is_released() {
+        return;
+    }
+    let bufs = w.stash.borrow_mut().take();
+    buf.attach(bufs.read);
+    *head_out = bufs.head_out;
+    *resp_out = bufs.resp_out;
+}
+
+/// Reads once from an idle connection's client (waiting for its first or
+/// next request) while holding no buffer: every poll takes a set from the
+/// stash, reads into it, and gives it straight back when nothing was there
+/// (`Pending`). `poll_read` lends its buffer for the call only, and
+/// glommio's non-buffered stream waits for readiness (a poll request), not
+/// with a read in flight, so the wait costs the same syscalls as a plain
+/// read and the buffer is held only from the moment bytes arrive.
+async fn read_parked(
+    w: &Context,
+    c: &mut Client,
+    head_out: &mut Vec<u8>,
+    resp_out: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    future::poll_fn(|cx| {
+        unpark(w, &mut c.buf, head_out, resp_out);
+        let r = c.buf.poll_read_from(cx, &mut c.stream);
+        if r.is_pending() {
+            park(w, &mut c.buf, head_out, resp_out);
+        }
+        r
+    })
+    .await
 }
 
 /// How one request ended, for [`record`].
@@ -326,10 +486,10 @@ async fn read_proxy_header(cfg: &Config, c: &mut Client) -> Result<(), String> {
     }
 }
 
-/// Reads until a complete request head is in the buffer.
+/// Reads until a complete request head is in the buffer, which holds its
+/// first bytes already (the idle wait before it is [`Conn::wait_idle`]).
 ///
-/// `Ok(None)`: the connection should close quietly (client closed or idled
-/// out between requests, or a drain started).
+/// `Ok(None)`: the connection should close quietly (the client closed).
 ///
 /// `started` is set when the first byte of the head is seen (it stays
 /// `None` when the whole head arrived in one read). `out` takes the head to
@@ -339,8 +499,6 @@ async fn read_head(
     c: &mut Client,
     out: &mut Vec<u8>,
     request_id: &RequestId,
-    registration: &impl Registration,
-    first: bool,
     started: &mut Option<Instant>,
 ) -> Result<Option<RequestHead>, ProxyError> {
     let cfg = w.config();
@@ -368,39 +526,16 @@ async fn read_head(
             }
             started.get_or_insert_with(Instant::now);
         }
-        let idle = c.buf.is_empty();
-        let timeout = if idle {
-            if w.drain_closes_idle() {
-                return Ok(None);
-            }
-            registration.set_idle(Some(c.stream.as_raw_fd()));
-            if first {
-                cfg.client_header_timeout
-            } else {
-                cfg.keepalive_timeout
-            }
-        } else {
-            let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-            match cfg.client_header_timeout.checked_sub(elapsed) {
-                Some(t) if !t.is_zero() => t,
-                _ => return Err(ProxyError::ClientTimeout),
-            }
+        let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+        let timeout = match cfg.client_header_timeout.checked_sub(elapsed) {
+            Some(t) if !t.is_zero() => t,
+            _ => return Err(ProxyError::ClientTimeout),
         };
         let _ = c.stream.set_read_timeout(Some(timeout));
-        let r = c.buf.read_from(&mut c.stream).await;
-        if idle {
-            registration.set_idle(None);
-        }
-        match r {
+        match c.buf.read_from(&mut c.stream).await {
             Ok(0) => return Ok(None),
             Ok(_) => {}
-            Err(e) if crate::error::is_timeout(&e) => {
-                return if idle {
-                    Ok(None)
-                } else {
-                    Err(ProxyError::ClientTimeout)
-                };
-            }
+            Err(e) if crate::error::is_timeout(&e) => return Err(ProxyError::ClientTimeout),
             Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
                 return Err(ProxyError::HeaderTooLarge);
             }

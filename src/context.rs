@@ -4,7 +4,8 @@
 //! configuration and health snapshot, the balancer, the keep-alive pool,
 //! passive health reports, `max_connections` slots and their queues,
 //! half-open breaker trials, the retry budget and its jitter, request
-//! counters, metrics, the access-log buffer and the request-id source. [`connection`] and
+//! counters, metrics, the access-log buffer, the request-id source and the
+//! stash of spare client-request buffers. [`connection`] and
 //! [`proxy`] read and update it for every request.
 //!
 //! It does not own the accept loop, the control-message loop or the drain
@@ -35,6 +36,7 @@ use crate::messages::FromWorker;
 use crate::metrics::WorkerMetrics;
 use crate::request_id::IdSource;
 use crate::retry::RetryBudget;
+use crate::stash::Stash;
 
 /// The log target of what a worker applies (configs, snapshots): these
 /// lines are the worker's, whichever module applies them, so filters such as
@@ -94,6 +96,9 @@ pub struct Context {
     pub rng: RefCell<Rng>,
     /// Makes this worker's request ids (`X-Request-Id`, `$request_id`).
     pub request_ids: IdSource,
+    /// Spare client-request buffers: idle client connections give theirs
+    /// back here and take a set when their next request arrives.
+    pub stash: RefCell<Stash>,
 }
 
 /// One pool as this worker routes it: the part of the snapshot that is the
@@ -202,6 +207,7 @@ impl Context {
             waiting: RefCell::new(Vec::new()),
             rng: RefCell::new(Rng::new(0xb0ff ^ id as u64)),
             request_ids: IdSource::new(id),
+            stash: RefCell::new(Stash::default()),
         }
     }
 

@@ -54,6 +54,8 @@
 //! - [`buffer`]: the read buffer heads are parsed from in place.
 //! - [`request_id`]: request ids (`X-Request-Id`, `$request_id`), made per
 //!   worker into a reused inline buffer.
+//! - [`stash`]: a worker's bounded spare client-request buffers, which idle
+//!   client connections give back so they hold none while they wait.
 //! - [`config`]: the TOML file (compatible with the original Ekilibri),
 //!   validated into an immutable [`config::Config`].
 //! - [`error`]: error enums; every proxy error knows its status code.
@@ -93,6 +95,7 @@ pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod sdnotify;
+pub mod stash;
 pub mod upgrade;
 pub mod uring;
 pub mod worker;
