@@ -11,7 +11,6 @@
 //! relaxed heartbeat stamp.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -46,8 +45,13 @@ pub struct Worker {
     /// What the request path uses; shared with every connection task.
     pub ctx: Rc<Context>,
     active: Cell<usize>,
-    idle: RefCell<HashMap<u64, RawFd>>,
-    next_conn: Cell<u64>,
+    /// One slot per open client connection: its socket while it waits idle
+    /// for its next request, [`BUSY`] otherwise. Marking a connection idle
+    /// or busy (twice per request) is one store, no hashing or allocation.
+    idle: RefCell<Vec<RawFd>>,
+    /// Slots of closed connections, reused by the next ones (so the table
+    /// stays as large as the most connections ever open at once).
+    free_slots: RefCell<Vec<usize>>,
     /// Set on a hand-over: the accept loop ends after its pending accept.
     stop_accepting: Cell<bool>,
     /// Set by the accept loop when it ended by itself.
@@ -62,8 +66,14 @@ impl Worker {
 
     /// Registers a client connection; the guard unregisters it.
     pub fn connection_started(self: &Rc<Self>) -> ConnGuard {
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
+        let id = match self.free_slots.borrow_mut().pop() {
+            Some(slot) => slot,
+            None => {
+                let mut idle = self.idle.borrow_mut();
+                idle.push(BUSY);
+                idle.len() - 1
+            }
+        };
         self.active.set(self.active.get() + 1);
         self.ctx
             .stats
@@ -77,22 +87,16 @@ impl Worker {
 
     /// Marks a connection idle (waiting for its next request) so a drain can
     /// close it, or busy again.
-    pub fn set_idle(&self, id: u64, fd: Option<RawFd>) {
-        let mut idle = self.idle.borrow_mut();
-        match fd {
-            Some(fd) => {
-                idle.insert(id, fd);
-            }
-            None => {
-                idle.remove(&id);
-            }
+    pub fn set_idle(&self, slot: usize, fd: Option<RawFd>) {
+        if let Some(s) = self.idle.borrow_mut().get_mut(slot) {
+            *s = fd.unwrap_or(BUSY);
         }
     }
 
     /// Wakes every idle connection so it sees the drain and closes: shutting
     /// down the read side makes its pending read return end-of-stream.
     fn close_idle(&self) {
-        for (_, &fd) in self.idle.borrow().iter() {
+        for &fd in self.idle.borrow().iter().filter(|&&fd| fd != BUSY) {
             // SAFETY: `fd` belongs to a live connection (entries are removed
             // before the socket is dropped); shutdown(2) does not close it.
             unsafe {
@@ -102,11 +106,14 @@ impl Worker {
     }
 }
 
+/// The idle-table entry of a connection that is not waiting idle.
+const BUSY: RawFd = -1;
+
 /// Keeps a worker's count of open client connections.
 pub struct ConnGuard {
     worker: Rc<Worker>,
-    /// Connection id for [`Worker::set_idle`].
-    pub id: u64,
+    /// The connection's slot in the idle table ([`Worker::set_idle`]).
+    pub id: usize,
 }
 
 impl Registration for ConnGuard {
@@ -118,6 +125,7 @@ impl Registration for ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.worker.set_idle(self.id, None);
+        self.worker.free_slots.borrow_mut().push(self.id);
         self.worker.active.set(self.worker.active.get() - 1);
     }
 }
@@ -180,8 +188,8 @@ pub async fn run(parts: WorkerParts) {
         id,
         ctx: Rc::new(Context::new(id, &config, first, reports, access)),
         active: Cell::new(0),
-        idle: RefCell::new(HashMap::new()),
-        next_conn: Cell::new(0),
+        idle: RefCell::new(Vec::new()),
+        free_slots: RefCell::new(Vec::new()),
         stop_accepting: Cell::new(false),
         accept_done: Cell::new(false),
     });
