@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Soak test: a long run of steady traffic through ekilibri to 3 local
 # backends while everything the control plane does keeps happening: a
-# backend killed and restarted, SIGHUP reloads that change weights, admin
-# API additions and removals, TTL registrations that expire, and metrics
-# scrapes. Samples the balancer's RSS and open descriptors, then stops it
+# backend killed and restarted, SIGHUP reloads that change weights and add
+# or remove a second pool and its route (a quarter of the traffic asks for
+# its Host), admin API additions and removals, TTL registrations that
+# expire, and metrics scrapes. Samples the balancer's RSS and open descriptors, then stops it
 # with SIGTERM, which must exit 0. Loopback only, bounded in time.
 #
 #   tools/soak.sh            # 1200 s (20 min): long enough to cross the
@@ -61,7 +62,7 @@ back_port=("" "" "" "" "")
 bal_pid=""
 load_pid=""
 cleanup() {
-    for p in "$load_pid" "$bal_pid" "${back_pid[@]}"; do
+    for p in "$load_pid" "${api_load_pid:-}" "$bal_pid" "${back_pid[@]}"; do
         [ -n "$p" ] && kill "$p" 2>/dev/null || true
     done
     wait 2>/dev/null || true
@@ -97,7 +98,7 @@ start_backend() { # index [port]
 for i in 0 1 2 3 4; do start_backend "$i"; done
 # Backends 0-2 are configured; 3 comes and goes through POST/DELETE; 4 is
 # registered with a TTL that expires.
-write_config() { # weight of backend 0
+write_config() { # weight of backend 0, 1 to add the "api" pool and its route
     cat >"$tmp/ekilibri.toml" <<EOF
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -107,8 +108,21 @@ health_check_interval = 500
 connection_timeout = 500
 read_timeout = 2000
 write_timeout = 2000
+trusted_proxies = ["127.0.0.0/8"]
 EOF
     [ -n "${WORKERS:-}" ] && echo "workers = $WORKERS" >>"$tmp/ekilibri.toml"
+    if [ "${2:-0}" = 1 ]; then
+        cat >>"$tmp/ekilibri.toml" <<EOF
+
+[pools.api]
+servers = ["127.0.0.1:${back_port[1]}", "127.0.0.1:${back_port[2]}"]
+strategy = "LeastConnections"
+
+[[routes]]
+host = "api.soak"
+pool = "api"
+EOF
+    fi
     return 0
 }
 write_config 1
@@ -136,6 +150,11 @@ else
     load="ekilibri-loadgen at $rate req/s"
 fi
 load_pid=$!
+# A quarter more traffic for the "api" pool's Host: routed to that pool
+# while it exists, to the default pool while a reload has removed it.
+"$loadgen_bin" --url "$url" --rate $(( (rate > 0 ? rate : 2000) / 4 )) --connections 8 \
+    --duration "${duration}s" --timeout 5s -H "Host: api.soak" >"$tmp/load-api.log" 2>&1 &
+api_load_pid=$!
 
 # One admin call; fails the soak on an unexpected status.
 admin_call() { # method path expected-status(es, e.g. 200|201) [json body]
@@ -181,9 +200,10 @@ while [ "$t" -lt "$duration" ]; do
     fi
     if [ "$reload_every" -gt 0 ] && [ $((t / reload_every)) -gt $(((t - interval) / reload_every)) ]; then
         weight=$((weight % 3 + 1))
-        write_config "$weight"
+        api_pool=$((1 - ${api_pool:-0}))
+        write_config "$weight" "$api_pool"
         kill -HUP "$bal_pid"
-        event+="SIGHUP (weight $weight) "
+        event+="SIGHUP (weight $weight, api pool $api_pool) "
     fi
     if [ "$admin_every" -gt 0 ] && [ $((t / admin_every)) -gt $(((t - interval) / admin_every)) ]; then
         if [ -z "$added" ]; then
@@ -224,6 +244,7 @@ while [ "$t" -lt "$duration" ]; do
 done
 wait "$load_pid" || true
 load_pid=""
+wait "$api_load_pid" || true
 sleep 1
 idle_rss="$(rss)"
 idle_fds="$(fds)"
@@ -231,6 +252,8 @@ printf '%6s %10s %6s  %s\n' "end" "$idle_rss" "$idle_fds" "load stopped"
 echo
 echo "$load:"
 sed 's/^/  /' "$tmp/load.log"
+echo "load for the api pool's Host:"
+sed 's/^/  /' "$tmp/load-api.log"
 echo
 
 # Median of the first or last quarter of a list of numbers.
