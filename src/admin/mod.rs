@@ -12,7 +12,7 @@
 //! connections are open at once (more are closed at once, before reading),
 //! and a head must arrive whole within [`HEAD_TIMEOUT`].
 //!
-//! Routes ([`routes`]): `GET /metrics`, `GET /health`, `GET /ready` (the
+//! Routes (`routes`): `GET /metrics`, `GET /health`, `GET /ready` (the
 //! one route that needs no token: 200 or 503 and nothing more),
 //! `GET /servers`, `POST /servers`, `GET /servers/{id}`,
 //! `PUT /servers/{address}` (register or renew),

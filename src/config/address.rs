@@ -56,7 +56,7 @@ pub fn candidates(name: &str, resolved: SocketAddr) -> Vec<SocketAddr> {
 }
 
 /// Whether a connection to `target` reaches a socket listening on
-/// `listener`: the same port and, for a wildcard listener (0.0.0.0, [::]),
+/// `listener`: the same port and, for a wildcard listener (`0.0.0.0`, `[::]`),
 /// any address of this host; otherwise the same address. Connecting to
 /// a wildcard address reaches the loopback address of its family.
 pub fn reaches(target: SocketAddr, listener: SocketAddr) -> bool {

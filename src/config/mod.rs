@@ -7,8 +7,8 @@
 //! original `ekilibri.toml` runs unchanged: its top-level keys describe the
 //! default pool, and `[pools.NAME]` tables add pools that `[[routes]]` send
 //! requests to. One file per section: [`file`] (the serde shapes), [`pool`]
-//! (per-pool settings, one type per concern), [`address`] (resolving and
-//! refusing this process's own addresses), [`logging`], [`cluster`]. This
+//! (per-pool settings, one type per concern), `address` (resolving and
+//! refusing this process's own addresses), `logging`, `cluster`. This
 //! module does not own runtime state: hot changes of the backend set go
 //! through the control executor.
 
@@ -286,7 +286,7 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 
 /// Validates a parsed file into a [`Config`], section by section: the
 /// pools ([`pool`]), the routes, the listener and client side, the admin
-/// API, the access log ([`logging`]), cluster mode ([`cluster`]) and the
+/// API, the access log (`logging`), cluster mode (`cluster`) and the
 /// io_uring rings. Pure apart from resolving host names.
 pub fn validate(path: &Path, mut f: FileConfig) -> Result<Config, ConfigError> {
     let invalid = |(key, message): KeyError| ConfigError::Invalid {

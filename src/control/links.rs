@@ -57,7 +57,7 @@ impl Links {
     }
 
     /// Asks every worker for its metrics and waits for the answers (at most
-    /// [`SCRAPE_TIMEOUT`]; a worker that does not answer is left out).
+    /// `SCRAPE_TIMEOUT`; a worker that does not answer is left out).
     pub async fn scrape(&self) -> Vec<MetricsSnapshot> {
         let seq = self.next_scrape.get();
         self.next_scrape.set(seq.wrapping_add(1));

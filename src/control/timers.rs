@@ -3,7 +3,7 @@
 //! the kernel.
 //!
 //! One task sleeps until the earliest of those deadlines, or until
-//! [`super::plane::Plane::timers`] says a deadline changed (a breaker
+//! the plane's `timers` notifier says a deadline changed (a breaker
 //! opened, a TTL was set); nothing is polled on a fixed short period.
 
 use std::rc::Rc;
