@@ -35,15 +35,6 @@ fn workers_caught_up(admin: u16) {
     assert_eq!(http_get(admin, "/metrics").status, 200);
 }
 
-/// The value of an unlabelled or fully labelled sample on `/metrics`.
-fn metric(admin: u16, sample: &str) -> Option<f64> {
-    let r = http_get(admin, "/metrics");
-    assert_eq!(r.status, 200);
-    r.body_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-}
-
 const SUCCESS: &str = "lb_config_reloads_total{result=\"success\"}";
 const FAILURE: &str = "lb_config_reloads_total{result=\"failure\"}";
 const LAST_OK: &str = "lb_config_last_reload_success_timestamp_seconds";

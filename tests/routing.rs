@@ -419,15 +419,6 @@ fn traffic(
     })
 }
 
-/// The value of an unlabelled or fully labelled sample on `/metrics`.
-fn metric(admin: u16, sample: &str) -> Option<f64> {
-    let r = http_get(admin, "/metrics");
-    assert_eq!(r.status, 200);
-    r.body_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Returns once every worker has applied what the control executor queued
 /// before: a scrape travels the same ordered channel as a configuration.
 fn workers_caught_up(admin: u16) {

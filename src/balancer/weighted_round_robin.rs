@@ -340,17 +340,25 @@ mod tests {
         assert_eq!(b.schedule.len(), 3);
     }
 
-    #[test]
-    fn exclude_in_live_mode_takes_the_next_best() {
-        // Every weight accrues, the best backend other than the excluded
-        // one wins and pays back the total.
-        let weights: Vec<u32> = (0..60).map(|i| [5, 3, 3, 8][i % 4]).collect();
-        let s = snapshot(&weights, &[true; 60]);
+    /// `n` backends whose weights cycle through `cycle`, a rotation forced
+    /// into live mode (no precomputed schedule), the weights as the
+    /// reference model counts them, and their total.
+    fn live_mode(cycle: &[u32], n: usize) -> (Snapshot, WeightedRoundRobin, Vec<i64>, i64) {
+        let weights: Vec<u32> = (0..n).map(|i| cycle[i % cycle.len()]).collect();
+        let s = snapshot(&weights, &vec![true; n]);
         let mut b = WeightedRoundRobin::default();
         b.update(&s);
         b.schedule.clear();
         let w: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
         let total: i64 = w.iter().sum();
+        (s, b, w, total)
+    }
+
+    #[test]
+    fn exclude_in_live_mode_takes_the_next_best() {
+        // Every weight accrues, the best backend other than the excluded
+        // one wins and pays back the total.
+        let (s, mut b, w, total) = live_mode(&[5, 3, 3, 8], 60);
         let mut current = vec![0i64; w.len()];
         let mut last = 0;
         let skip_of = |k: Option<usize>| skip(60, k.as_slice());
@@ -378,13 +386,7 @@ mod tests {
     fn passed_over_sets_in_live_mode_take_the_best_of_the_rest() {
         // Several backends passed over at once, some deep in their heaps:
         // each accrues its weight and the best of the others wins.
-        let weights: Vec<u32> = (0..40).map(|i| [4, 4, 4, 7, 1][i % 5]).collect();
-        let s = snapshot(&weights, &[true; 40]);
-        let mut b = WeightedRoundRobin::default();
-        b.update(&s);
-        b.schedule.clear();
-        let w: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
-        let total: i64 = w.iter().sum();
+        let (s, mut b, w, total) = live_mode(&[4, 4, 4, 7, 1], 40);
         let mut current = vec![0i64; w.len()];
         let mut seed = 0x9e37_79b9u64;
         for round in 0..3000 {

@@ -848,6 +848,16 @@ pub fn one_request(
 }
 
 /// `GET path` on a fresh connection.
+/// The value of an unlabelled or fully labelled sample (`name{labels}` as
+/// exposed) on the admin API's `/metrics`.
+pub fn metric(admin: u16, sample: &str) -> Option<f64> {
+    let r = http_get(admin, "/metrics");
+    assert_eq!(r.status, 200);
+    r.body_str()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn http_get(port: u16, path: &str) -> Response {
     one_request(port, "GET", path, &[], b"")
 }
