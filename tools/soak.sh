@@ -29,7 +29,7 @@
 # registered with PUT and a 5 s TTL that is never renewed. Every INTERVAL
 # s /metrics is scraped and a row is printed: elapsed, VmRSS (KiB), open
 # fds, events. Fails (exit 1) if the balancer dies, an admin call fails,
-# the median RSS or fds of the last quarter exceed those of the first
+# a load request fails or gets a non-2xx answer, the median RSS or fds of the last quarter exceed those of the first
 # quarter by more than GROWTH_PCT %, or SIGTERM does not end it with
 # status 0 within 20 s.
 set -euo pipefail
@@ -271,6 +271,16 @@ quarter_median() { # first|last values...
 range() { printf '%s\n' "$@" | sort -n | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
 
 fail=0
+# Every request must succeed: backends killed, reloads, pools appearing and
+# vanishing under it (retries and health checks absorb the kills).
+if [ "$rate" != 0 ] || ! command -v wrk >/dev/null; then
+    for f in "$tmp/load.log" "$tmp/load-api.log"; do
+        if ! grep -q 'errors 0 .* non-2xx 0 ' "$f"; then
+            echo "FAIL: failed requests in $(basename "$f"): $(grep -o 'errors .*non-2xx [0-9]*' "$f")"
+            fail=1
+        fi
+    done
+fi
 early_rss="$(quarter_median first "${rss_samples[@]}")"
 late_rss="$(quarter_median last "${rss_samples[@]}")"
 early_fds="$(quarter_median first "${fd_samples[@]}")"

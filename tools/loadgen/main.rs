@@ -155,12 +155,24 @@ fn parse_url(url: &str) -> Result<Target, String> {
 /// Builds the bytes of one request (head and body), sent as-is every time.
 fn build_request(args: &Args, target: &Target) -> Vec<u8> {
     let mut head = String::new();
+    // A `-H "Host: ..."` replaces the URL's authority (as curl's does): a
+    // second Host field would be refused by any careful server.
+    let is_host = |h: &String| {
+        h.split_once(':')
+            .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
+    };
+    let host = args
+        .headers
+        .iter()
+        .find(|h| is_host(h))
+        .and_then(|h| h.split_once(':'))
+        .map_or(target.host_header.as_str(), |(_, v)| v.trim());
     let _ = write!(
         head,
         "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ekilibri-loadgen\r\n",
-        args.method, target.path, target.host_header
+        args.method, target.path, host
     );
-    for h in &args.headers {
+    for h in args.headers.iter().filter(|h| !is_host(h)) {
         let _ = write!(head, "{}\r\n", h.trim());
     }
     if args.body_bytes > 0 || args.method.eq_ignore_ascii_case("POST") {
@@ -1096,5 +1108,28 @@ mod tests {
         assert!(text.starts_with("POST /echo HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"));
         assert!(text.contains("Content-Length: 4\r\n"));
         assert!(text.ends_with("\r\n\r\nxxxx"));
+    }
+
+    #[test]
+    fn a_host_header_replaces_the_urls() {
+        let args = Args::parse_from([
+            "ekilibri-loadgen",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--rate",
+            "1",
+            "-H",
+            "host:  api.example ",
+            "-H",
+            "X-A: b",
+        ]);
+        let target = parse_url(&args.url).unwrap();
+        let text = String::from_utf8(build_request(&args, &target)).unwrap();
+        assert!(
+            text.starts_with("GET / HTTP/1.1\r\nHost: api.example\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("ost:").count(), 1, "{text}");
+        assert!(text.contains("X-A: b\r\n"));
     }
 }
