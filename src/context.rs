@@ -65,6 +65,11 @@ pub struct Context {
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     /// One lane per configured pool, in the configuration's order.
     lanes: RefCell<Vec<Lane>>,
+    /// Lanes of the pools the last reload removed, with the backends they
+    /// had then: a request that started in such a pool retries there (as
+    /// nginx's old workers finish requests with the old upstreams). Dropped
+    /// at the next reload, so at most one generation is kept.
+    retired: RefCell<Vec<Lane>>,
     /// Idle keep-alive connections to the backends of every pool.
     pub pool: RefCell<Pool>,
     /// Passive failure reports and metrics to the control executor; the
@@ -194,6 +199,7 @@ impl Context {
             config: RefCell::new(Rc::new(config.clone())),
             snapshot: RefCell::new(Rc::new(first)),
             lanes: RefCell::new(lanes),
+            retired: RefCell::new(Vec::new()),
             pool: RefCell::new(Pool::new(Some(config.keepalive_timeout))),
             reports,
             draining: Cell::new(false),
@@ -240,7 +246,9 @@ impl Context {
                 };
                 next.push(lane);
             }
-            *lanes = next;
+            // What is left are the removed pools' lanes: kept, untouched
+            // by later snapshots, for the requests still in them.
+            *self.retired.borrow_mut() = std::mem::replace(&mut *lanes, next);
         }
         {
             let mut pool = self.pool.borrow_mut();
@@ -267,14 +275,22 @@ impl Context {
 
     /// Runs `f` on the lane of pool `name`, expected at index `lane` (the
     /// pool's index in the configuration the request started with; after
-    /// a reload that moved it, found by name). `None` when the pool is gone.
+    /// a reload that moved it, found by name; after one that removed it,
+    /// its retired lane). `None` when the pool is gone for longer.
     fn with_lane<R>(&self, lane: usize, name: &str, f: impl FnOnce(&mut Lane) -> R) -> Option<R> {
         let mut lanes = self.lanes.borrow_mut();
         let i = match lanes.get(lane) {
-            Some(l) if l.name == name => lane,
-            _ => lanes.iter().position(|l| l.name == name)?,
+            Some(l) if l.name == name => Some(lane),
+            _ => lanes.iter().position(|l| l.name == name),
         };
-        lanes.get_mut(i).map(f)
+        match i {
+            Some(i) => lanes.get_mut(i).map(f),
+            None => {
+                drop(lanes);
+                let mut retired = self.retired.borrow_mut();
+                retired.iter_mut().find(|l| l.name == name).map(f)
+            }
+        }
     }
 
     /// The snapshot of pool `name`'s backends to route by (a core-local

@@ -34,6 +34,17 @@ pub enum ToWorker {
 }
 
 impl ToWorker {
+    /// True when `self` must stay behind `other` in the queue: snapshots and
+    /// configs keep their relative order (a replacement never moves one
+    /// kind past the other).
+    pub fn ordered_after(&self, other: &ToWorker) -> bool {
+        matches!(
+            (self, other),
+            (ToWorker::Snapshot(_), ToWorker::Config(_))
+                | (ToWorker::Config(_), ToWorker::Snapshot(_))
+        )
+    }
+
     /// True when `other` is the same kind of message and `self` supersedes
     /// it while both wait unsent (snapshots, configs, pings, scrapes: a
     /// newer one makes the older one useless; shutdown is never replaced).

@@ -643,3 +643,73 @@ fn route_and_pool_errors_exit_2_naming_the_key() {
     );
     assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
 }
+
+/// A request whose pool a reload removed while it was in flight retries on
+/// that pool's backends as they were (nginx's old worker would), not into
+/// nothing: the backend holding it fails only after the reload, and the
+/// retry must reach the pool's other backend.
+#[test]
+fn a_retry_after_its_pool_was_removed_stays_in_the_old_pool() {
+    let other = spawn_backend();
+    let default = spawn_backend();
+    let held = Arc::new(AtomicU16::new(0));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h, r) = (held.clone(), release.clone());
+    // Answers health checks; holds any other request until released, then
+    // closes without a byte of answer (a retryable failure for a GET).
+    let holder = ThreadedServer::start(move |mut s, _, stop| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut head = Vec::new();
+        if !read_request_head(&mut s, &mut head) {
+            return;
+        }
+        if head.starts_with(b"GET /health") {
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+        }
+        h.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = s.shutdown(Shutdown::Both);
+    });
+    let top = Config::new(&[default.port])
+        .with("workers", "1")
+        .with("read_timeout", "8000");
+    let tables = pool("api", &[holder.port, other.port], "") + &route(None, Some("/api/"), "api");
+    let lb = spawn_balancer_toml(&with_tables(&top, &tables), &[]);
+    let admin = admin_port(&lb);
+    // Requests until one is held by `holder` (the rotation alternates).
+    let port = lb.port;
+    let mut pending = None;
+    for _ in 0..4 {
+        let t = std::thread::spawn(move || try_get(port, "t", "/api/x"));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while held.load(Ordering::SeqCst) == 0 && !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if held.load(Ordering::SeqCst) > 0 {
+            pending = Some(t);
+            break;
+        }
+        // Answered by the pool's other backend (its own 404 for /api/x).
+        assert_eq!(t.join().unwrap().map(|(_, p)| p), Ok(other.port));
+    }
+    let pending = pending.expect("a request held by the first backend");
+    // The pool and its route go away while the request is in flight.
+    std::fs::write(&lb.config.path, top.to_toml()).expect("rewrite the config");
+    assert_eq!(post_reload(admin).0, 200);
+    assert_eq!(served_by(&mut lb.connect(), "t", "/api/x"), default.port);
+    release.store(true, Ordering::SeqCst);
+    let answer = pending.join().unwrap();
+    let (status, port) = answer.unwrap_or_else(|e| panic!("{e}: {}", lb.stderr.joined()));
+    // The test backend has no /api/ route: its own 404, not a 502 of ours.
+    assert_eq!(
+        (status, port),
+        (404, other.port),
+        "the retry stays in the old pool"
+    );
+}

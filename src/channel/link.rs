@@ -107,6 +107,18 @@ impl<T: Send + 'static> Outbox<T> {
         self.queue.push_replacing(item, same);
     }
 
+    /// Queues `item` in place of a queued one for which `same` holds,
+    /// unless an item for which `barrier` holds is queued after that one
+    /// (then at the back): see [`Queue::push_replacing_before`].
+    pub fn push_replacing_before(
+        &self,
+        item: T,
+        same: impl Fn(&T) -> bool,
+        barrier: impl Fn(&T) -> bool,
+    ) {
+        self.queue.push_replacing_before(item, same, barrier);
+    }
+
     /// True when a queued, unsent item matches.
     pub fn has_queued(&self, pred: impl Fn(&T) -> bool) -> bool {
         self.queue.contains(pred)

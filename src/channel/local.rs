@@ -73,11 +73,29 @@ impl<T> Queue<T> {
     /// Replaces the last queued item for which `same` is true, or appends.
     /// Used to keep one pending snapshot instead of a backlog of them.
     pub fn push_replacing(&self, item: T, same: impl Fn(&T) -> bool) {
+        self.push_replacing_before(item, same, |_| false);
+    }
+
+    /// Like [`Queue::push_replacing`], but an item for which `barrier`
+    /// holds, queued after the one `item` would replace, keeps its place
+    /// after it: `item` is queued at the back instead (what follows the
+    /// barrier must not overtake it).
+    pub fn push_replacing_before(
+        &self,
+        item: T,
+        same: impl Fn(&T) -> bool,
+        barrier: impl Fn(&T) -> bool,
+    ) {
         {
             let mut items = self.0.items.borrow_mut();
-            if let Some(slot) = items.iter_mut().rev().find(|i| same(i)) {
-                *slot = item;
-                return;
+            for slot in items.iter_mut().rev() {
+                if barrier(slot) {
+                    break;
+                }
+                if same(slot) {
+                    *slot = item;
+                    return;
+                }
             }
             items.push_back(item);
         }
@@ -255,6 +273,24 @@ mod tests {
             assert_eq!(q.recv().await, Some(12));
             q.close();
             assert_eq!(q.recv().await, None);
+        });
+    }
+
+    #[test]
+    fn a_replacement_never_overtakes_a_barrier() {
+        future::block_on(async {
+            // Snapshots (>= 10) replace snapshots, but never jump over a
+            // config (< 0) queued after the one they would replace.
+            let q = Queue::new();
+            let (same, barrier) = (|i: &i32| *i >= 10, |i: &i32| *i < 0);
+            q.push_replacing_before(10, same, barrier);
+            q.push_replacing_before(-1, |i| *i < 0, |i| *i >= 10);
+            q.push_replacing_before(11, same, barrier);
+            q.push_replacing_before(12, same, barrier);
+            assert_eq!(q.len(), 3);
+            for want in [10, -1, 12] {
+                assert_eq!(q.recv().await, Some(want));
+            }
         });
     }
 

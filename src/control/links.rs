@@ -51,7 +51,15 @@ impl Links {
             if matches!(msg, ToWorker::Shutdown | ToWorker::Handover) {
                 o.push(msg);
             } else {
-                o.push_replacing(msg, |queued| make().supersedes(queued));
+                // A snapshot never overtakes a queued config, nor a config
+                // a snapshot: a reload sends the new pools' backends before
+                // the config that routes to them, and drops the removed
+                // ones only after it.
+                o.push_replacing_before(
+                    msg,
+                    |queued| make().supersedes(queued),
+                    |queued| make().ordered_after(queued),
+                );
             }
         }
     }
