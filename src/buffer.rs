@@ -136,18 +136,53 @@ impl IoBuf {
         self.data.is_empty()
     }
 
+    /// True when the last read reached the end of the storage: the sender
+    /// may have more ready than fitted.
+    pub fn filled_to_end(&self) -> bool {
+        !self.data.is_empty() && self.end == self.data.len()
+    }
+
+    /// The most live bytes this buffer can hold.
+    pub fn limit(&self) -> usize {
+        self.max
+    }
+
+    /// Reads into the free tail (making room as a read does) with `read`,
+    /// which returns `None` when nothing could be read at once.
+    pub fn read_with(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> Option<io::Result<usize>>,
+    ) -> Option<io::Result<usize>> {
+        let spare = self.spare();
+        if spare.is_empty() {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "read buffer full",
+            )));
+        }
+        let r = read(spare);
+        if let Some(Ok(n)) = r {
+            self.end += n;
+        }
+        r
+    }
+
+    /// The free tail to read into, making room first when the last read
+    /// reached the end: grow (up to the limit) while the live bytes fill
+    /// more than half of it, else move them to the front.
     fn spare(&mut self) -> &mut [u8] {
         if self.data.is_empty() {
             self.data.resize(self.initial, 0);
         }
         if self.end == self.data.len() {
-            if self.start > 0 {
+            let live = self.end - self.start;
+            if self.data.len() < self.max && (self.start == 0 || live > self.data.len() / 2) {
+                let new_len = (self.data.len() * 2).min(self.max);
+                self.data.resize(new_len, 0);
+            } else if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
-            } else if self.data.len() < self.max {
-                let new_len = (self.data.len() * 2).min(self.max);
-                self.data.resize(new_len, 0);
             }
         }
         &mut self.data[self.end..]

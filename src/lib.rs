@@ -52,6 +52,8 @@
 //!   process and build metrics read on scrape.
 //! - [`access_log`]: per-request log lines, batched off the workers.
 //! - [`buffer`]: the read buffer heads are parsed from in place.
+//! - [`io_now`]: reads and vectored sends on a glommio stream that never
+//!   wait (the pool's syscall-free check, one `sendmsg` per response).
 //! - [`request_id`]: request ids (`X-Request-Id`, `$request_id`), made per
 //!   worker into a reused inline buffer.
 //! - [`stash`]: a worker's bounded spare client-request buffers, which idle
@@ -85,6 +87,7 @@ pub mod error;
 pub mod fault;
 pub mod health;
 pub mod http;
+pub mod io_now;
 pub mod liveness;
 pub mod messages;
 pub mod metrics;

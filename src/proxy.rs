@@ -51,7 +51,8 @@ use crate::http::{BodyFraming, canned};
 use crate::proxy_protocol;
 use crate::retry::backoff;
 
-/// Bodies up to this size are sent in the same write as their head.
+/// A chunked response body is written on once this many decoded bytes are
+/// pending (or the backend has nothing more ready).
 const COALESCE: usize = 16 * 1024;
 /// Read size while streaming a long request body.
 pub const BODY_BUF: usize = 64 * 1024;
@@ -536,6 +537,7 @@ async fn attempt(
             }
             if head.backend_keep_alive && conn.buf.is_empty() {
                 if ex.pool().send_proxy_protocol.is_some() {
+                    conn.mark_idle();
                     ex.client.private = Some((backend.id, conn));
                 } else {
                     let keep = ex.pool().pool_size;
@@ -600,16 +602,9 @@ async fn send_request(
         (BodyFraming::None, _) => conn.stream.write_all(head_out).await.map_err(be),
         (_, Some(n)) if !state.consumed => {
             let body = &c.buf.filled()[..n];
-            if n <= COALESCE {
-                let head_len = head_out.len();
-                head_out.extend_from_slice(body);
-                let r = conn.stream.write_all(head_out).await;
-                head_out.truncate(head_len);
-                r.map_err(be)
-            } else {
-                conn.stream.write_all(head_out).await.map_err(be)?;
-                conn.stream.write_all(body).await.map_err(be)
-            }
+            crate::io_now::write_all2(&mut conn.stream, head_out, body)
+                .await
+                .map_err(be)
         }
         (BodyFraming::Length(n), _) => {
             conn.stream.write_all(head_out).await.map_err(be)?;
@@ -729,29 +724,8 @@ async fn relay_body(
             Ok(resp_out.len() as u64)
         }
         BodyFraming::Length(n) => {
-            let mut left = n;
             let total = resp_out.len() as u64 + n;
-            let first = (conn.buf.len() as u64).min(left) as usize;
-            if first <= COALESCE {
-                resp_out.extend_from_slice(&conn.buf.filled()[..first]);
-                c.stream.write_all(resp_out).await.map_err(ce)?;
-            } else {
-                c.stream.write_all(resp_out).await.map_err(ce)?;
-                c.stream
-                    .write_all(&conn.buf.filled()[..first])
-                    .await
-                    .map_err(ce)?;
-            }
-            conn.buf.consume(first);
-            left -= first as u64;
-            copy_length(
-                Flow::Download,
-                &mut conn.stream,
-                &mut conn.buf,
-                &mut c.stream,
-                left,
-            )
-            .await?;
+            relay_length(&mut conn.stream, &mut conn.buf, &mut c.stream, resp_out, n).await?;
             Ok(total)
         }
         BodyFraming::Chunked => {
@@ -796,6 +770,47 @@ async fn relay_body(
                 conn.buf.clear();
             }
         }
+    }
+}
+
+/// Relays a response body of `left` bytes after the head in `head`.
+///
+/// Each write takes everything the backend has sent so far: while the body
+/// is not all here and the last read filled the buffer, what is already
+/// readable is read on first (the buffer grows up to its limit), so a body
+/// that arrived whole goes out with its head in one `sendmsg`, and a long
+/// one in reads and writes of up to the buffer's limit. A backend that
+/// sends slowly has each piece relayed as it comes, never held back for
+/// more.
+async fn relay_length(
+    from: &mut TcpStream,
+    buf: &mut IoBuf,
+    to: &mut TcpStream,
+    head: &[u8],
+    mut left: u64,
+) -> Result<(), ProxyError> {
+    let flow = Flow::Download;
+    let mut head = head;
+    loop {
+        while (buf.len() as u64) < left && buf.filled_to_end() && buf.len() < buf.limit() {
+            match buf.read_with(|spare| crate::io_now::read_now(from, spare)) {
+                None => break,
+                Some(Ok(0)) => return Err(flow.cut_short()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(flow.read_error(e)),
+            }
+        }
+        let take = (buf.len() as u64).min(left) as usize;
+        crate::io_now::write_all2(to, head, &buf.filled()[..take])
+            .await
+            .map_err(|e| flow.write_error(e))?;
+        head = &[];
+        buf.consume(take);
+        left -= take as u64;
+        if left == 0 {
+            return Ok(());
+        }
+        fill(flow, from, buf).await?;
     }
 }
 

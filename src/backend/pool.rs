@@ -17,12 +17,21 @@ use glommio::net::TcpStream;
 use super::BackendId;
 use crate::buffer::IoBuf;
 
-/// Initial read buffer of a backend connection (grows for large heads).
-pub const BACKEND_BUF: usize = 16 * 1024;
+/// Read buffer of a backend connection: a response head and a body of up
+/// to about 32 KiB arrive in one read and leave in one write.
+pub const BACKEND_BUF: usize = 32 * 1024;
+/// What a backend read buffer may grow to while a long body streams
+/// through it (it goes back to [`BACKEND_BUF`] before it is reused). Heads
+/// are held to `max_header_bytes` by the parser, not by this.
+pub const BACKEND_BUF_MAX: usize = 64 * 1024;
 /// Read buffers kept for reuse per worker. An idle pooled connection holds
 /// no buffer: it gives it back here and takes one when it is reused, so
 /// memory follows the requests in flight, not the size of the pool.
 const SPARE_BUFFERS: usize = 32;
+/// A connection idle at least this long is checked with a `MSG_PEEK`
+/// syscall before reuse; one idle less is checked against the readiness
+/// poll glommio already keeps armed on it, which costs no syscall.
+pub const PEEK_AFTER: Duration = Duration::from_secs(1);
 
 /// One connection to a backend, with the bytes read from it but not consumed.
 #[derive(Debug)]
@@ -41,11 +50,16 @@ impl BackendConn {
     /// This connection again, for its next request, when the backend has
     /// neither closed it nor sent bytes nobody asked for while it sat idle.
     pub fn reuse(mut self) -> Option<BackendConn> {
-        if !idle_and_clean(&self.stream) {
+        if !idle_and_clean(&mut self.stream, self.idle_since.elapsed()) {
             return None;
         }
         self.reused = true;
         Some(self)
+    }
+
+    /// Marks the connection idle from now (its response is relayed).
+    pub fn mark_idle(&mut self) {
+        self.idle_since = Instant::now();
     }
 
     /// Wraps a freshly connected socket.
@@ -53,7 +67,7 @@ impl BackendConn {
         crate::metrics::backend_conn_opened();
         BackendConn {
             stream,
-            buf: IoBuf::new(BACKEND_BUF, max_header_bytes.max(BACKEND_BUF)),
+            buf: IoBuf::new(BACKEND_BUF, max_header_bytes.max(BACKEND_BUF_MAX)),
             reused: false,
             idle_since: Instant::now(),
         }
@@ -66,11 +80,40 @@ impl Drop for BackendConn {
     }
 }
 
-/// True when an idle connection has nothing to read and is still open: a
-/// non-blocking one-byte `MSG_PEEK` must find no data (`EAGAIN`). One cheap
-/// syscall per reuse, the price of never handing a client bytes that were
-/// not an answer to its request.
-fn idle_and_clean(stream: &TcpStream) -> bool {
+/// True when an idle connection has nothing to read and is still open,
+/// checked without a syscall when it has been idle less than
+/// [`PEEK_AFTER`] (see [`poll_clean`]) and with a `MSG_PEEK` otherwise (see
+/// [`peek_clean`]). Either way no byte that was not an answer to the next
+/// request is ever relayed as one: a connection with bytes waiting is
+/// dropped.
+fn idle_and_clean(stream: &mut TcpStream, idle: Duration) -> bool {
+    if idle >= PEEK_AFTER {
+        peek_clean(stream)
+    } else {
+        poll_clean(stream)
+    }
+}
+
+/// The no-syscall check: polls one read with a waker that does nothing.
+///
+/// The last read of a response was short (the response ended before the
+/// buffer did), so glommio armed a readiness poll on the socket then, and
+/// while that poll has not completed the read returns `Pending` at once:
+/// nothing arrived (no byte, no FIN, no reset) up to the reactor's last
+/// pass, which on a connection idle under [`PEEK_AFTER`] is as fresh as a
+/// `MSG_PEEK` made a moment earlier. When the poll did complete, or none is
+/// armed, glommio tries a non-blocking `recv` of one byte: a byte (dirty),
+/// 0 (closed) or an error all mean "drop it", and `EAGAIN` arms a poll and
+/// returns `Pending` (clean).
+///
+/// See [`crate::io_now::read_now`] for how the read timeout survives.
+fn poll_clean(stream: &mut TcpStream) -> bool {
+    crate::io_now::read_now(stream, &mut [0u8; 1]).is_none()
+}
+
+/// The syscall check, for connections idle a while: a non-blocking
+/// one-byte `MSG_PEEK` must find no data (`EAGAIN`).
+fn peek_clean(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
     // SAFETY: recv(2) writes at most one byte into `byte`, which outlives
@@ -87,7 +130,7 @@ fn idle_and_clean(stream: &TcpStream) -> bool {
 }
 
 /// Idle connections per backend, for one worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
     slots: Vec<VecDeque<BackendConn>>,
     /// Read buffers of idle connections, for the next reused one.
@@ -126,7 +169,7 @@ impl Pool {
             {
                 continue;
             }
-            if !idle_and_clean(&c.stream) {
+            if !idle_and_clean(&mut c.stream, c.idle_since.elapsed()) {
                 // Closed by the backend, or it sent bytes nobody asked for
                 // (a late or unsolicited response): never relay those as the
                 // answer to the next request.
@@ -230,5 +273,79 @@ mod tests {
             .join()
             .unwrap();
         drop(accepted.join().unwrap());
+    }
+
+    /// The no-syscall check sees a byte or a close that arrived while the
+    /// connection sat idle (after a short read armed glommio's poll), and
+    /// leaves the read timeout working for the read that follows a clean
+    /// check (glommio would otherwise keep the check's do-nothing waker for
+    /// its timer, and that read would hang).
+    #[test]
+    fn the_poll_check_sees_late_bytes_and_closes_and_keeps_the_read_timeout() {
+        use futures_lite::AsyncReadExt;
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let peer = std::thread::spawn(move || {
+            let mut socks: Vec<std::net::TcpStream> =
+                (0..3).map(|_| listener.accept().unwrap().0).collect();
+            for s in &mut socks {
+                s.write_all(b"answer").unwrap();
+            }
+            // Wait until each connection has read its answer and is idle.
+            assert_eq!(rx.recv().unwrap(), "idle");
+            socks[0].write_all(b"X").unwrap();
+            socks[1].shutdown(std::net::Shutdown::Both).unwrap();
+            assert_eq!(rx.recv().unwrap(), "done");
+        });
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let mut streams = Vec::new();
+                for _ in 0..3 {
+                    streams.push(TcpStream::connect(addr).await.unwrap());
+                }
+                let mut conns = Vec::new();
+                for mut s in streams {
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let mut buf = [0u8; 64];
+                    // A short read, as at the end of a response.
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert_eq!(&buf[..n], b"answer");
+                    let mut c = BackendConn::new(s, 1024);
+                    c.mark_idle();
+                    conns.push(c);
+                }
+                tx.send("idle").unwrap();
+                // Let the byte and the FIN arrive and the reactor see them.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                let mut third = conns.pop().unwrap();
+                let mut closed = conns.pop().unwrap();
+                let mut dirty = conns.pop().unwrap();
+                assert!(dirty.idle_since.elapsed() < PEEK_AFTER);
+                assert!(!poll_clean(&mut dirty.stream), "late byte not seen");
+                assert!(!poll_clean(&mut closed.stream), "close not seen");
+                assert!(poll_clean(&mut third.stream), "clean connection refused");
+                assert_eq!(
+                    third.stream.read_timeout(),
+                    Some(Duration::from_millis(200))
+                );
+                // The read after a clean check still times out.
+                let t = Instant::now();
+                let mut buf = [0u8; 8];
+                let r = glommio::timer::timeout(Duration::from_secs(3), async {
+                    Ok(third.stream.read(&mut buf).await)
+                })
+                .await
+                .expect("the read hung: its timeout was lost");
+                assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+                assert!(t.elapsed() < Duration::from_secs(1));
+                tx.send("done").unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        peer.join().unwrap();
     }
 }
