@@ -214,6 +214,18 @@ pub async fn run(parts: WorkerParts) {
             }
         })
     };
+    // Spare buffers follow the load: what a period did not reuse goes back
+    // to the allocator.
+    let trimmer = {
+        let w = w.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(crate::stash::TRIM_EVERY).await;
+                w.ctx.stash.borrow_mut().trim();
+                w.ctx.pool.borrow_mut().trim_spares();
+            }
+        })
+    };
     let _ = ready.send(id);
     crate::fault::arm(&format!("w{id}"));
 
@@ -286,6 +298,7 @@ pub async fn run(parts: WorkerParts) {
             glommio::timer::sleep(DRAIN_POLL).await;
         }
     }
+    trimmer.cancel().await;
     flusher.cancel().await;
     w.ctx.access.flush();
     if w.active.get() > 0 {

@@ -16,6 +16,7 @@ use glommio::net::TcpStream;
 
 use super::BackendId;
 use crate::buffer::IoBuf;
+use crate::stash::Spares;
 
 /// Read buffer of a backend connection: a response head and a body of up
 /// to about 32 KiB arrive in one read and leave in one write.
@@ -24,10 +25,14 @@ pub const BACKEND_BUF: usize = 32 * 1024;
 /// through it (it goes back to [`BACKEND_BUF`] before it is reused). Heads
 /// are held to `max_header_bytes` by the parser, not by this.
 pub const BACKEND_BUF_MAX: usize = 64 * 1024;
-/// Read buffers kept for reuse per worker. An idle pooled connection holds
-/// no buffer: it gives it back here and takes one when it is reused, so
-/// memory follows the requests in flight, not the size of the pool.
+/// Read buffers kept for reuse per worker at rest. An idle pooled
+/// connection holds no buffer: it gives it back here and takes one when it
+/// is reused, so memory follows the requests in flight, not the size of
+/// the pool. A busy worker keeps more, as its load reuses them (see
+/// [`Spares`]), up to [`MAX_SPARE_BUFFERS`].
 const SPARE_BUFFERS: usize = 32;
+/// The most read buffers a worker keeps however busy (8 MiB).
+const MAX_SPARE_BUFFERS: usize = 256;
 /// A connection idle at least this long is checked with a `MSG_PEEK`
 /// syscall before reuse; one idle less is checked against the readiness
 /// poll glommio already keeps armed on it, which costs no syscall.
@@ -134,7 +139,7 @@ fn peek_clean(stream: &TcpStream) -> bool {
 pub struct Pool {
     slots: Vec<VecDeque<BackendConn>>,
     /// Read buffers of idle connections, for the next reused one.
-    spare: Vec<Vec<u8>>,
+    spare: Spares<Vec<u8>>,
     idle_timeout: Option<Duration>,
 }
 
@@ -145,7 +150,7 @@ impl Pool {
     pub fn new(idle_timeout: Option<Duration>) -> Self {
         Pool {
             slots: Vec::new(),
-            spare: Vec::new(),
+            spare: Spares::new(SPARE_BUFFERS, MAX_SPARE_BUFFERS),
             idle_timeout,
         }
     }
@@ -176,7 +181,7 @@ impl Pool {
                 continue;
             }
             c.reused = true;
-            if let Some(storage) = self.spare.pop() {
+            if let Some(storage) = self.spare.take() {
                 c.buf.attach(storage);
             }
             return Some(c);
@@ -207,12 +212,18 @@ impl Pool {
             let storage = conn.buf.release();
             // Grown buffers (large heads) are not kept: they go back to the
             // allocator.
-            if self.spare.len() < SPARE_BUFFERS && storage.len() == BACKEND_BUF {
-                self.spare.push(storage);
+            if storage.len() == BACKEND_BUF {
+                self.spare.give(storage);
             }
             conn.idle_since = now;
             slot.push_back(conn);
         }
+    }
+
+    /// Frees the spare read buffers the last period did not reuse (see
+    /// [`Spares::trim`]).
+    pub fn trim_spares(&mut self) {
+        self.spare.trim();
     }
 
     /// Drops every idle connection to `id` (backend removed or marked down).
