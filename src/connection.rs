@@ -91,7 +91,6 @@ pub fn serve<R: Registration>(
             },
             head_out: Vec::new(),
             resp_out: Vec::new(),
-            captured: access_log::Captured::default(),
             first: true,
             guard: Some(register()),
         }
@@ -138,9 +137,6 @@ struct Conn<R> {
     head_out: Vec<u8>,
     /// The relayed response head; empty and unallocated while idle.
     resp_out: Vec<u8>,
-    /// What the access log keeps of each head; empty (no allocation) while
-    /// the log is off.
-    captured: access_log::Captured,
     /// No request was read yet (the idle wait is `client_header_timeout`,
     /// not `keepalive_timeout`).
     first: bool,
@@ -206,16 +202,15 @@ impl<R: Registration> Conn<R> {
         };
         self.first = false;
         let client = &mut self.client;
-        let captured = &mut self.captured;
+        // What the access log keeps of the head: part of the request's
+        // boxed future, not of the idle state; no allocation while the log
+        // is off.
+        let mut captured = access_log::Captured::default();
         w.stats.requests.set(w.stats.requests.get() + 1);
         let started = Instant::now();
         if w.access_log_on() {
             let filled = client.buf.filled();
             captured.capture(filled.get(..req.head_len).unwrap_or(filled));
-        } else {
-            // A reload may turn the log on before this request is recorded:
-            // it then shows `-`, not the previous request's line.
-            captured.clear();
         }
         let request_bytes = req.head_len as u64
             + match req.body {
@@ -226,7 +221,7 @@ impl<R: Registration> Conn<R> {
         record(
             w,
             peer,
-            captured,
+            &captured,
             req.request_id.as_bytes(),
             Finished {
                 method: Some(req.method),
@@ -271,16 +266,15 @@ impl<R: Registration> Conn<R> {
             head_bytes: head_len(&resp) as u64,
             retries: 0,
         };
+        let mut captured = access_log::Captured::default();
         if w.access_log_on() {
-            self.captured.capture_line(client.buf.filled());
-        } else {
-            self.captured.clear();
+            captured.capture_line(client.buf.filled());
         }
         let now = Instant::now();
         record(
             w,
             client.peer,
-            &self.captured,
+            &captured,
             request_id.as_bytes(),
             Finished {
                 method: None,

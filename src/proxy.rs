@@ -71,7 +71,7 @@ pub struct Client {
     /// The backend connection kept for this client alone: a pool with
     /// `send_proxy_protocol` sent the client's PROXY header on it, so it may
     /// serve this client's next request to the same backend and no other.
-    pub private: Option<(BackendId, BackendConn)>,
+    pub private: Option<Box<(BackendId, BackendConn)>>,
 }
 
 /// What happened to one request, for the keep-alive decision, metrics and
@@ -238,8 +238,8 @@ pub async fn handle(
             ex.client
                 .private
                 .take()
-                .filter(|(id, _)| *id == backend.id)
-                .and_then(|(_, c)| c.reuse())
+                .filter(|p| p.0 == backend.id)
+                .and_then(|p| p.1.reuse())
         } else {
             cx.pool.borrow_mut().take(backend.id)
         };
@@ -538,7 +538,7 @@ async fn attempt(
             if head.backend_keep_alive && conn.buf.is_empty() {
                 if ex.pool().send_proxy_protocol.is_some() {
                     conn.mark_idle();
-                    ex.client.private = Some((backend.id, conn));
+                    ex.client.private = Some(Box::new((backend.id, conn)));
                 } else {
                     let keep = ex.pool().pool_size;
                     cx.pool.borrow_mut().put(backend.id, conn, keep);

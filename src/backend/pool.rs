@@ -169,12 +169,11 @@ impl Pool {
     pub fn take(&mut self, id: BackendId) -> Option<BackendConn> {
         let slot = self.slots.get_mut(id.0 as usize)?;
         while let Some(mut c) = slot.pop_back() {
-            if let Some(t) = self.idle_timeout
-                && c.idle_since.elapsed() > t
-            {
+            let idle = c.idle_since.elapsed();
+            if self.idle_timeout.is_some_and(|t| idle > t) {
                 continue;
             }
-            if !idle_and_clean(&mut c.stream, c.idle_since.elapsed()) {
+            if !idle_and_clean(&mut c.stream, idle) {
                 // Closed by the backend, or it sent bytes nobody asked for
                 // (a late or unsolicited response): never relay those as the
                 // answer to the next request.
