@@ -27,6 +27,7 @@
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncWriteExt, future};
@@ -35,7 +36,6 @@ use tracing::debug;
 
 use crate::access_log;
 use crate::buffer::IoBuf;
-use crate::config::Config;
 use crate::context::Context;
 use crate::error::ProxyError;
 use crate::http::BodyFraming;
@@ -55,11 +55,13 @@ use crate::stash::RequestBufs;
 pub const CLIENT_BUF: usize = 4 * 1024;
 
 /// A connection's entry in its worker's drain registry: the worker learns
-/// when the connection waits idle (a drain may then close it), and the entry
-/// is removed when the value is dropped.
+/// when the connection waits idle and for how long (a drain, or the end of
+/// that time, makes its read return end-of-stream), and the entry is
+/// removed when the value is dropped.
 pub trait Registration {
-    /// Marks the connection idle on socket `fd`, or busy again (`None`).
-    fn set_idle(&self, fd: Option<RawFd>);
+    /// Marks the connection idle on socket `fd` for at most the given time,
+    /// or busy again (`None`).
+    fn set_idle(&self, idle: Option<(RawFd, Duration)>);
 }
 
 /// Serves one accepted connection until it closes. `register` enters it in
@@ -100,20 +102,24 @@ pub fn serve<R: Registration>(
             return;
         };
         // From here on the client is who the PROXY header says it is.
-        let proxied = if w.config().proxy_protocol {
-            read_proxy_header(&w.config(), &mut conn.client).await
-        } else {
-            Ok(())
-        };
-        if let Err(why) = &proxied {
-            debug!(peer = %conn.client.peer, "closing: {why}");
-        }
-        while proxied.is_ok() {
-            if conn.client.buf.is_empty() && !conn.wait_idle(&w).await {
-                break;
-            }
-            if !Box::pin(conn.serve_request(&w)).await {
-                break;
+        // Boxed: it runs once, and would otherwise add its size to every
+        // idle connection's task.
+        let proxied = !w.config().proxy_protocol
+            || match Box::pin(read_proxy_header(w.clone(), &mut conn.client)).await {
+                Ok(()) => true,
+                Err(why) => {
+                    debug!(peer = %conn.client.peer, "closing: {why}");
+                    false
+                }
+            };
+        if proxied {
+            loop {
+                if conn.client.buf.is_empty() && !conn.wait_idle(&w).await {
+                    break;
+                }
+                if !Box::pin(conn.serve_request(&w)).await {
+                    break;
+                }
             }
         }
         drop(conn.guard.take());
@@ -148,30 +154,54 @@ impl<R: Registration> Conn<R> {
     /// Waits, holding no buffer, for the first bytes of the next request.
     /// False: the connection should close quietly (the client closed or
     /// idled out, or a drain started).
-    async fn wait_idle(&mut self, w: &Context) -> bool {
-        if w.drain_closes_idle() {
-            return false;
-        }
-        // Not held across the wait: a reload's new config applies next time.
-        let timeout = {
-            let cfg = w.config();
-            if self.first {
-                cfg.client_header_timeout
-            } else {
-                cfg.keepalive_timeout
+    ///
+    /// A plain function returning one small `poll_fn` future (it borrows
+    /// the connection and the context, nothing more): this future is part
+    /// of every idle connection's task, so it is kept to two pointers.
+    fn wait_idle<'a>(&'a mut self, w: &'a Context) -> impl Future<Output = bool> + 'a {
+        let open = !w.drain_closes_idle();
+        if open {
+            // Not held across the wait: a reload's new config applies next
+            // time.
+            let timeout = {
+                let cfg = w.config();
+                if self.first {
+                    cfg.client_header_timeout
+                } else {
+                    cfg.keepalive_timeout
+                }
+            };
+            let c = &mut self.client;
+            // The worker's idle sweep enforces the timeout (no glommio
+            // timer per wait); without a registry entry the stream's own
+            // timeout does.
+            match &self.guard {
+                Some(g) => {
+                    g.set_idle(Some((c.stream.as_raw_fd(), timeout)));
+                    let _ = c.stream.set_read_timeout(None);
+                }
+                None => {
+                    let _ = c.stream.set_read_timeout(Some(timeout));
+                }
             }
-        };
-        let c = &mut self.client;
-        if let Some(g) = &self.guard {
-            g.set_idle(Some(c.stream.as_raw_fd()));
         }
-        let _ = c.stream.set_read_timeout(Some(timeout));
-        let r = read_parked(w, c, &mut self.head_out, &mut self.resp_out).await;
-        if let Some(g) = &self.guard {
-            g.set_idle(None);
-        }
-        // End of stream, a timeout or an error: nothing to answer.
-        matches!(r, Ok(n) if n > 0)
+        future::poll_fn(move |cx| {
+            if !open {
+                return Poll::Ready(false);
+            }
+            let r = ready!(read_parked(
+                cx,
+                w,
+                &mut self.client,
+                &mut self.head_out,
+                &mut self.resp_out
+            ));
+            if let Some(g) = &self.guard {
+                g.set_idle(None);
+            }
+            // End of stream, a timeout or an error: nothing to answer.
+            Poll::Ready(matches!(r, Ok(n) if n > 0))
+        })
     }
 
     /// Reads the rest of one request head (bytes of it are in the buffer)
@@ -318,28 +348,26 @@ fn unpark(w: &Context, buf: &mut IoBuf, head_out: &mut Vec<u8>, resp_out: &mut V
     *resp_out = bufs.resp_out;
 }
 
-/// Reads once from an idle connection's client (waiting for its first or
-/// next request) while holding no buffer: every poll takes a set from the
-/// stash, reads into it, and gives it straight back when nothing was there
-/// (`Pending`). `poll_read` lends its buffer for the call only, and
+/// Polls one read from an idle connection's client (waiting for its first
+/// or next request) while holding no buffer: every poll takes a set from
+/// the stash, reads into it, and gives it straight back when nothing was
+/// there (`Pending`). `poll_read` lends its buffer for the call only, and
 /// glommio's non-buffered stream waits for readiness (a poll request), not
 /// with a read in flight, so the wait costs the same syscalls as a plain
 /// read and the buffer is held only from the moment bytes arrive.
-async fn read_parked(
+fn read_parked(
+    cx: &mut std::task::Context<'_>,
     w: &Context,
     c: &mut Client,
     head_out: &mut Vec<u8>,
     resp_out: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    future::poll_fn(|cx| {
-        unpark(w, &mut c.buf, head_out, resp_out);
-        let r = c.buf.poll_read_from(cx, &mut c.stream);
-        if r.is_pending() {
-            park(w, &mut c.buf, head_out, resp_out);
-        }
-        r
-    })
-    .await
+) -> Poll<std::io::Result<usize>> {
+    unpark(w, &mut c.buf, head_out, resp_out);
+    let r = c.buf.poll_read_from(cx, &mut c.stream);
+    if r.is_pending() {
+        park(w, &mut c.buf, head_out, resp_out);
+    }
+    r
 }
 
 /// How one request ended, for [`record`].
@@ -443,7 +471,8 @@ fn body_bytes(served: &Served, head_request: bool) -> u64 {
 /// header keeps the connection's own). Only peers in `trusted_proxies` may
 /// send one; anything else closes the connection: no byte of it can be
 /// trusted. Bytes after the header stay in the buffer: the first request.
-async fn read_proxy_header(cfg: &Config, c: &mut Client) -> Result<(), String> {
+async fn read_proxy_header(w: Rc<Context>, c: &mut Client) -> Result<(), String> {
+    let cfg = w.config();
     if !cfg.trusted_proxies.contains(c.peer.ip()) {
         return Err(format!(
             "{} is not in trusted_proxies and may not send a PROXY header",

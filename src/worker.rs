@@ -45,10 +45,13 @@ pub struct Worker {
     /// What the request path uses; shared with every connection task.
     pub ctx: Rc<Context>,
     active: Cell<usize>,
-    /// One slot per open client connection: its socket while it waits idle
-    /// for its next request, [`BUSY`] otherwise. Marking a connection idle
-    /// or busy (twice per request) is one store, no hashing or allocation.
-    idle: RefCell<Vec<RawFd>>,
+    /// One slot per open client connection: its socket and deadline while
+    /// it waits idle for its next request, [`BUSY`] otherwise. Marking a
+    /// connection idle or busy (twice per request) is one store, no hashing
+    /// or allocation.
+    idle: RefCell<Vec<IdleSlot>>,
+    /// When the idle table's deadlines count from (milliseconds).
+    epoch: Instant,
     /// Slots of closed connections, reused by the next ones (so the table
     /// stays as large as the most connections ever open at once).
     free_slots: RefCell<Vec<usize>>,
@@ -70,7 +73,7 @@ impl Worker {
             Some(slot) => slot,
             None => {
                 let mut idle = self.idle.borrow_mut();
-                idle.push(BUSY);
+                idle.push(IdleSlot::BUSY);
                 idle.len() - 1
             }
         };
@@ -85,28 +88,86 @@ impl Worker {
         }
     }
 
-    /// Marks a connection idle (waiting for its next request) so a drain can
-    /// close it, or busy again.
-    pub fn set_idle(&self, slot: usize, fd: Option<RawFd>) {
+    /// Marks a connection idle (waiting for its next request, for at most
+    /// `timeout`) so a drain or [`Worker::close_expired`] can close it, or
+    /// busy again.
+    pub fn set_idle(&self, slot: usize, idle: Option<(RawFd, Duration)>) {
+        let entry = match idle {
+            Some((fd, timeout)) => IdleSlot {
+                fd,
+                deadline_ms: self.now_ms().saturating_add(timeout.as_millis() as u64),
+            },
+            None => IdleSlot::BUSY,
+        };
         if let Some(s) = self.idle.borrow_mut().get_mut(slot) {
-            *s = fd.unwrap_or(BUSY);
+            *s = entry;
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Wakes every idle connection so it sees the drain and closes: shutting
     /// down the read side makes its pending read return end-of-stream.
     fn close_idle(&self) {
-        for &fd in self.idle.borrow().iter().filter(|&&fd| fd != BUSY) {
-            // SAFETY: `fd` belongs to a live connection (entries are removed
-            // before the socket is dropped); shutdown(2) does not close it.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RD);
+        for slot in self.idle.borrow().iter().filter(|s| s.fd != BUSY) {
+            shut_read(slot.fd);
+        }
+    }
+
+    /// Closes the idle connections whose wait outlived its timeout
+    /// (`keepalive_timeout`, or `client_header_timeout` before the first
+    /// request) the same way: their read returns end-of-stream and they
+    /// close quietly. A sweep every [`sweep_every`] replaces a glommio
+    /// timer per idle wait (a `BTreeMap` insert and remove per request, and
+    /// its nodes' memory per idle connection).
+    fn close_expired(&self) {
+        let now = self.now_ms();
+        for slot in self.idle.borrow_mut().iter_mut() {
+            if slot.fd != BUSY && slot.deadline_ms <= now {
+                shut_read(slot.fd);
+                // Once is enough; the connection marks itself busy or
+                // closes next.
+                slot.deadline_ms = u64::MAX;
             }
         }
     }
 }
 
-/// The idle-table entry of a connection that is not waiting idle.
+/// How often idle deadlines are checked: a twentieth of the shorter idle
+/// timeout, between 10 ms and 1 s, so a connection closes at most 5% (or
+/// 1 s) late.
+pub fn sweep_every(keepalive: Duration, first_request: Duration) -> Duration {
+    (keepalive.min(first_request) / 20).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// `shutdown(fd, SHUT_RD)`: a pending read of `fd` returns end-of-stream.
+fn shut_read(fd: RawFd) {
+    // SAFETY: `fd` belongs to a live connection (entries are marked busy
+    // before the socket is dropped); shutdown(2) does not close it.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RD);
+    }
+}
+
+/// A connection's entry in the idle table.
+#[derive(Debug, Clone, Copy)]
+struct IdleSlot {
+    /// Its socket while idle, [`BUSY`] otherwise.
+    fd: RawFd,
+    /// When its idle wait times out, in ms since the worker's epoch.
+    deadline_ms: u64,
+}
+
+impl IdleSlot {
+    const BUSY: IdleSlot = IdleSlot {
+        fd: BUSY,
+        deadline_ms: u64::MAX,
+    };
+}
+
+/// The idle-table socket of a connection that is not waiting idle.
 const BUSY: RawFd = -1;
 
 /// Keeps a worker's count of open client connections.
@@ -117,8 +178,8 @@ pub struct ConnGuard {
 }
 
 impl Registration for ConnGuard {
-    fn set_idle(&self, fd: Option<RawFd>) {
-        self.worker.set_idle(self.id, fd);
+    fn set_idle(&self, idle: Option<(RawFd, Duration)>) {
+        self.worker.set_idle(self.id, idle);
     }
 }
 
@@ -189,6 +250,7 @@ pub async fn run(parts: WorkerParts) {
         ctx: Rc::new(Context::new(id, &config, first, reports, access)),
         active: Cell::new(0),
         idle: RefCell::new(Vec::new()),
+        epoch: Instant::now(),
         free_slots: RefCell::new(Vec::new()),
         stop_accepting: Cell::new(false),
         accept_done: Cell::new(false),
@@ -223,6 +285,19 @@ pub async fn run(parts: WorkerParts) {
                 glommio::timer::sleep(crate::stash::TRIM_EVERY).await;
                 w.ctx.stash.borrow_mut().trim();
                 w.ctx.pool.borrow_mut().trim_spares();
+            }
+        })
+    };
+    let sweeper = {
+        let w = w.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let every = {
+                    let cfg = w.ctx.config();
+                    sweep_every(cfg.keepalive_timeout, cfg.client_header_timeout)
+                };
+                glommio::timer::sleep(every).await;
+                w.close_expired();
             }
         })
     };
@@ -299,6 +374,7 @@ pub async fn run(parts: WorkerParts) {
         }
     }
     trimmer.cancel().await;
+    sweeper.cancel().await;
     flusher.cancel().await;
     w.ctx.access.flush();
     if w.active.get() > 0 {

@@ -131,6 +131,56 @@ fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     );
 }
 
+/// Idle timeouts are enforced by the worker's idle sweep (no timer per
+/// wait): a silent fresh connection closes after `client_header_timeout`,
+/// a kept-alive one after `keepalive_timeout`, each about on time; every
+/// request restarts the wait, and a request in flight longer than the idle
+/// timeout is not cut by it.
+#[test]
+fn idle_sweep_closes_on_time_restarts_per_request_and_spares_busy_connections() {
+    let backend = spawn_backend();
+    let config = Config::for_backends(std::slice::from_ref(&backend))
+        .with("keepalive_timeout", "400")
+        .with("client_header_timeout", "600")
+        .with("read_timeout", "5000");
+    let balancer = spawn_balancer(&config, &[]);
+    let closed_after = |c: &mut Conn| {
+        let start = Instant::now();
+        match c.wait_closed(Duration::from_secs(5)) {
+            CloseState::Closed(extra) => assert!(extra.is_empty(), "{extra:?}"),
+            CloseState::Open(_) => panic!("idle connection still open after 5 s"),
+        }
+        start.elapsed()
+    };
+    // Fresh and silent: client_header_timeout.
+    let mut fresh = balancer.connect();
+    let t = closed_after(&mut fresh);
+    assert!(
+        t >= Duration::from_millis(550) && t < Duration::from_millis(1000),
+        "fresh connection closed after {t:?} (client_header_timeout 600 ms)"
+    );
+    // Kept alive: keepalive_timeout, counted from the last response.
+    let mut kept = balancer.connect();
+    assert_eq!(kept.get("/").status, 200);
+    let t = closed_after(&mut kept);
+    assert!(
+        t >= Duration::from_millis(350) && t < Duration::from_millis(800),
+        "kept-alive connection closed after {t:?} (keepalive_timeout 400 ms)"
+    );
+    // Each request restarts the wait: five gaps of 250 ms (1.25 s in all)
+    // on one connection.
+    let mut c = balancer.connect();
+    for i in 0..5 {
+        assert_eq!(c.get("/").status, 200, "request {i}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(c.get("/").status, 200);
+    // A request slower than the idle timeouts is not cut.
+    let r = c.get("/sleep?ms=1200");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(c.get("/").status, 200);
+}
+
 #[test]
 fn incomplete_request_head_is_dropped_after_client_header_timeout() {
     let backend = spawn_backend();
