@@ -14,15 +14,16 @@
 //! it cannot be framed. During a drain, an idle connection is closed and a
 //! busy one closes after its current response.
 //!
-//! Idle connections are cheap (well under 1 KiB of our memory each, see
-//! `tools/idle-conns.py`): a connection waiting for its first or next
-//! request holds no buffer. It gives its read buffer and its two output
+//! Idle connections are cheap (under 1 KB of RSS each, glommio's share
+//! included, see `tools/idle-conns.py`): a connection waiting for its
+//! first or next request holds no buffer and no timer (the worker's idle
+//! sweep enforces its timeout). It gives its read buffer and its two output
 //! buffers back to the worker's [`Stash`](crate::stash::Stash) and takes a
 //! set only for the poll of its read that finds bytes (see `read_parked`):
 //! the wait itself is glommio's readiness poll, which holds no buffer.
-//! The proxying of a request is a large future; it is boxed for the time
-//! of the request, so the connection's own task stays small while it
-//! waits.
+//! The proxying of a request, its access-log capture included, is a large
+//! future; it is boxed for the time of the request, so the connection's
+//! own task stays small while it waits.
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};

@@ -56,8 +56,10 @@
 //!   wait (the pool's syscall-free check, one `sendmsg` per response).
 //! - [`request_id`]: request ids (`X-Request-Id`, `$request_id`), made per
 //!   worker into a reused inline buffer.
-//! - [`stash`]: a worker's bounded spare client-request buffers, which idle
-//!   client connections give back so they hold none while they wait.
+//! - [`stash`]: a worker's spare client-request buffers, which idle
+//!   client connections give back so they hold none while they wait, and
+//!   the adaptive bounded free list behind it and the pool's spare backend
+//!   read buffers.
 //! - [`config`]: the TOML file (compatible with the original Ekilibri),
 //!   validated into an immutable [`config::Config`].
 //! - [`error`]: error enums; every proxy error knows its status code.

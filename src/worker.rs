@@ -4,7 +4,10 @@
 //! Everything in [`Worker`] belongs to one core (`Rc`, `Cell`, `RefCell`):
 //! the request-path [`Context`] (snapshot, balancer, pool, counters, ...),
 //! which this module creates and updates from control messages, and the
-//! registry of open and idle client connections used to drain at shutdown.
+//! registry of open and idle client connections used to drain at shutdown
+//! and to close idle connections whose timeout passed (one sweep of the
+//! table, instead of a timer per idle wait). It also runs the periodic
+//! trim of the worker's spare buffers.
 //! Serving a connection is [`connection`]'s job. The only cross-core traffic
 //! is the two channels to the control executor (snapshots, configs, scrapes
 //! and heartbeats in; passive failure reports and metrics out), and one
