@@ -863,6 +863,54 @@ fn invalid_chunked_response_gives_502_or_a_truncated_close() {
     );
 }
 
+/// The body relay reads on while a backend has more ready, but never waits
+/// for more: a `Content-Length` response whose first 32 KiB (head
+/// included: exactly the backend read buffer, so the read that took them
+/// filled it) are followed by a pause has those bytes at the client during
+/// the pause, and the rest after it.
+#[test]
+fn a_length_body_that_pauses_is_relayed_as_it_arrives() {
+    const REST: usize = 25_000;
+    let head = |first: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            first + REST
+        )
+        .into_bytes()
+    };
+    // The backend read buffer (`BACKEND_BUF`) is 32 KiB.
+    let first_len = 32 * 1024 - head(30_000).len();
+    let reply: Reply = Arc::new(move |path| match path {
+        "/pause" => {
+            let mut first = head(first_len);
+            first.extend(std::iter::repeat_n(b'a', first_len));
+            vec![
+                Step::Send(first),
+                Step::Pause(Duration::from_millis(1500)),
+                Step::Send(vec![b'b'; REST]),
+            ]
+        }
+        _ => vec![Step::Send(OK_GOOD.to_vec())],
+    });
+    let (_rec, bal) = setup_recorder(reply, &[("read_timeout", "5000")]);
+    let mut c = bal.connect();
+    let start = Instant::now();
+    c.send(b"GET /pause HTTP/1.1\r\nHost: a\r\n\r\n");
+    let head = c.read_head();
+    assert!(head.starts_with(b"HTTP/1.1 200 "), "{}", preview(&head));
+    let first = c.read_exact_n(first_len);
+    let t = start.elapsed();
+    assert!(
+        t < Duration::from_millis(1000),
+        "the first {first_len} bytes took {t:?}: held back until the pause ended"
+    );
+    assert!(first.iter().all(|&b| b == b'a'));
+    let rest = c.read_exact_n(REST);
+    assert!(rest.iter().all(|&b| b == b'b'));
+    assert!(start.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(c.get("/good").body_str(), "good");
+}
+
 #[test]
 fn trailing_garbage_in_the_same_read_does_not_poison_the_pool() {
     let (rec, bal) = hostile_backend();
