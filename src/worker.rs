@@ -92,7 +92,7 @@ impl Worker {
     }
 
     /// Marks a connection idle (waiting for its next request, for at most
-    /// `timeout`) so a drain or [`Worker::close_expired`] can close it, or
+    /// `timeout`) so a drain or the idle sweep can close it, or
     /// busy again.
     pub fn set_idle(&self, slot: usize, idle: Option<(RawFd, Duration)>) {
         let entry = match idle {

@@ -50,13 +50,15 @@ fn idle_pooled_backend_connections_hold_no_read_buffer() {
     let after = rss_kib(pid);
     let per_conn = (after.saturating_sub(before)) * 1024 / N as u64;
     eprintln!("RSS {before} -> {after} KiB with {N} idle pooled connections: {per_conn} B each");
-    // A 16 KiB read buffer each would be 3.2 MiB; what is left is the
-    // connection's own state and allocator slack. The slack grew when client
-    // connections started lending their buffers to a stash and boxing each
-    // request's work (issue 15): after this burst of 200 concurrent
-    // requests, 6.4-6.9 KB per pooled connection stays resident (2.7-2.9 KB
-    // before), while an idle client connection went from ~8 KB to ~1.3 KB.
-    // Not root-caused; the bound still fails on a held read buffer.
+    // A held read buffer (32 KiB each) would be 6.4 MiB; what is left is
+    // the connection's own state and allocator slack. The slack grew when
+    // client connections started lending their buffers to a stash and
+    // boxing each request's work (issue 15): after this burst of 200
+    // concurrent requests, 7.0-7.3 KB per pooled connection stays resident
+    // (2.7-2.9 KB before; 6.5 KB with 32 KiB buffers served by mmap, so the
+    // buffers are not the cause), while an idle client connection went from
+    // ~8 KB to ~1 KB. Not root-caused; the bound still fails on a held read
+    // buffer.
     assert!(
         per_conn < 8 * 1024,
         "{per_conn} bytes of RSS per idle pooled connection"
