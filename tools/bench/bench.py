@@ -49,7 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -715,14 +715,48 @@ def run_rounds(s: Settings, procs: Procs, bins: Path, outdir: Path, results: dic
         run_syscalls(s, procs, bins, outdir, ports, results)
 
 
+# Syscalls counted one by one at partial load, beside the total: the ones an
+# event loop pays per pass (io_uring_enter for glommio, epoll_wait for nginx
+# and HAProxy) and glommio's park-time membarrier.
+PARTIAL_LOAD_EVENTS = ["io_uring_enter", "epoll_wait", "epoll_pwait", "membarrier"]
+
+
+def perf_counts(pids: str, events: list[str], out: Path, run) -> tuple[dict, dict]:
+    """Runs `run()` under `perf stat -e EVENTS -p PIDS` and returns (its
+    result, the counts by event name). Events perf does not know make it
+    exit at once with no counts; the caller then gets an empty dict."""
+    perf = subprocess.Popen(
+        ["perf", "stat", "-x", ",", "-o", str(out), "-e", ",".join(events), "-p", pids],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.3)
+    try:
+        r = run()
+    finally:
+        perf.send_signal(signal.SIGINT)
+        try:
+            perf.wait(10)
+        except subprocess.TimeoutExpired:
+            Procs.stop(perf, 1)
+    counts = {}
+    for line in out.read_text().splitlines() if out.exists() else []:
+        parts = line.split(",")
+        if len(parts) > 2 and parts[0].strip().isdigit():
+            counts[parts[2]] = int(parts[0])
+    return r, counts
+
+
 def run_syscalls(s: Settings, procs: Procs, bins: Path, outdir: Path, ports: list[int],
                  results: dict) -> None:
     """Counts the proxy's syscalls during one small-GET run (perf stat), then the
-    breakdown by syscall (strace -c, which slows the proxy down a lot)."""
+    breakdown by syscall (strace -c, which slows the proxy down a lot). Then,
+    with perf, the same at half the slowest proxy's small-GET rate (open
+    loop), where an event loop makes a pass per request or two and its
+    per-pass syscalls show."""
     w = next((x for x in all_workloads() if x.name == "get-c64"))
     secs = max(1, min(s.duration, 5))
     out: dict[str, Any] = {}
-    for name in [c for c in s.contenders if c != "direct"]:
+    names = [c for c in s.contenders if c != "direct"]
+    for name in names:
         c = start_contender(name, procs, bins, ports, s.workers, outdir, "syscalls", s.cpus_proxy,
                             s.pin_cpus)
         try:
@@ -730,25 +764,9 @@ def run_syscalls(s: Settings, procs: Procs, bins: Path, outdir: Path, ports: lis
             pids = ",".join(map(str, c.pids()))
             entry: dict[str, Any] = {}
             if shutil.which("perf"):
-                perf_out = outdir / "logs" / f"perf-{name}.txt"
-                perf = subprocess.Popen(
-                    ["perf", "stat", "-x", ",", "-o", str(perf_out), "-e",
-                     "raw_syscalls:sys_enter,context-switches", "-p", pids],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                time.sleep(0.3)
-                try:
-                    r = run_wrk(w, c.port, secs, outdir, s.cpus_client)
-                finally:
-                    perf.send_signal(signal.SIGINT)
-                    try:
-                        perf.wait(10)
-                    except subprocess.TimeoutExpired:
-                        Procs.stop(perf, 1)
-                counts = {}
-                for line in perf_out.read_text().splitlines():
-                    parts = line.split(",")
-                    if len(parts) > 2 and parts[0].strip().isdigit():
-                        counts[parts[2]] = int(parts[0])
+                r, counts = perf_counts(pids, ["raw_syscalls:sys_enter", "context-switches"],
+                                        outdir / "logs" / f"perf-{name}.txt",
+                                        lambda: run_wrk(w, c.port, secs, outdir, s.cpus_client))
                 n = max(r["requests"], 1)
                 entry["perf"] = {
                     "requests": r["requests"], "rps": r["rps"],
@@ -787,6 +805,39 @@ def run_syscalls(s: Settings, procs: Procs, bins: Path, outdir: Path, ports: lis
         finally:
             Procs.stop(c.proc)
     results["syscalls"] = {"workload": w.name, "seconds": secs, "by_contender": out}
+
+    full = [e["perf"]["rps"] for e in out.values() if e.get("perf", {}).get("rps")]
+    if not full or not shutil.which("perf"):
+        return
+    rate = 0.5 * min(full)
+    lw = replace(w, name="open-50-syscalls", tool="loadgen")
+    events = ["raw_syscalls:sys_enter", "context-switches"] + [f"syscalls:sys_enter_{e}" for e in PARTIAL_LOAD_EVENTS]
+    partial: dict[str, Any] = {}
+    for name in names:
+        c = start_contender(name, procs, bins, ports, s.workers, outdir, "syscalls-partial", s.cpus_proxy,
+                            s.pin_cpus)
+        try:
+            run_wrk(w, c.port, 1, outdir, s.cpus_client)
+            pids = c.pids()
+            cpu0 = cpu_seconds(pids)
+            r, counts = perf_counts(",".join(map(str, pids)), events,
+                                    outdir / "logs" / f"perf-partial-{name}.txt",
+                                    lambda: run_loadgen(lw, c.port, rate, secs, bins, s.loadgen_threads,
+                                                        s.cpus_client))
+            cpu = cpu_seconds(pids) - cpu0
+            n = max(r["requests"], 1)
+            partial[name] = {
+                "requests": r["requests"], "rps": r["rps"], "p99_us": r["p99_us"],
+                "cpu_us_per_req": cpu / n * 1e6,
+                "syscalls_per_req": counts["raw_syscalls:sys_enter"] / n if "raw_syscalls:sys_enter" in counts else None,
+                "context_switches_per_req": counts["context-switches"] / n if "context-switches" in counts else None,
+                "per_req": {e: counts[f"syscalls:sys_enter_{e}"] / n
+                            for e in PARTIAL_LOAD_EVENTS if f"syscalls:sys_enter_{e}" in counts},
+            }
+            log(f"  syscalls at {rate:.0f} req/s {name}: {json.dumps(partial[name])}")
+        finally:
+            Procs.stop(c.proc)
+    results["syscalls"]["partial"] = {"rate": rate, "seconds": secs, "by_contender": partial}
 
 
 # ---------------------------------------------------------------------------
@@ -951,6 +1002,20 @@ def write_report(results: dict, outdir: Path) -> None:
             L.append(f"| {c} | {fmt(p.get('rps'))} | {fmt(p.get('syscalls_per_req'), 1, 2)} | "
                      f"{fmt(p.get('context_switches_per_req'), 1, 3)} | {top or '–'} |")
         L.append("")
+        part = sc.get("partial")
+        if part and part["by_contender"]:
+            L.append(f"At half load: {fmt(part['rate'])} req/s (half the slowest proxy's rate above), open loop "
+                     f"(ekilibri-loadgen), {part['seconds']} s, `perf stat` with one tracepoint per syscall named. "
+                     "An event loop makes about a pass per request here, so what it pays per pass shows.")
+            L.append("")
+            L.append("| contender | CPU µs/req | syscalls/req | ctx switches/req | "
+                     + " | ".join(f"{e}/req" for e in PARTIAL_LOAD_EVENTS) + " |")
+            L.append("|---|--:|--:|--:|" + "--:|" * len(PARTIAL_LOAD_EVENTS))
+            for c, e in part["by_contender"].items():
+                L.append(f"| {c} | {fmt(e.get('cpu_us_per_req'), 1, 1)} | {fmt(e.get('syscalls_per_req'), 1, 2)} | "
+                         f"{fmt(e.get('context_switches_per_req'), 1, 3)} | "
+                         + " | ".join(fmt(e.get('per_req', {}).get(x), 1, 2) for x in PARTIAL_LOAD_EVENTS) + " |")
+            L.append("")
     bad_exits = [e for e in results.get("exits", []) if e["exit_status"] not in (0, -signal.SIGTERM)]
     if bad_exits:
         L.append("Unexpected exit statuses after SIGTERM: "
