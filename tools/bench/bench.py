@@ -721,22 +721,30 @@ def run_rounds(s: Settings, procs: Procs, bins: Path, outdir: Path, results: dic
 PARTIAL_LOAD_EVENTS = ["io_uring_enter", "epoll_wait", "epoll_pwait", "membarrier"]
 
 
+def traced(argv: list[str], settle: float, wait_s: float, run):
+    """Runs `run()` while the tracer `argv` (perf stat, strace) is attached:
+    starts it, gives it `settle` seconds to attach, then stops it with SIGINT
+    (so it writes its counts), waiting up to `wait_s` seconds. Returns what
+    `run()` returned."""
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    time.sleep(settle)
+    try:
+        return run()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        try:
+            tracer.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            Procs.stop(tracer, 1)
+
+
 def perf_counts(pids: str, events: list[str], out: Path, run) -> tuple[dict, dict]:
     """Runs `run()` under `perf stat -e EVENTS -p PIDS` and returns (its
     result, the counts by event name). Events perf does not know make it
     exit at once with no counts; the caller then gets an empty dict."""
-    perf = subprocess.Popen(
-        ["perf", "stat", "-x", ",", "-o", str(out), "-e", ",".join(events), "-p", pids],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(0.3)
-    try:
-        r = run()
-    finally:
-        perf.send_signal(signal.SIGINT)
-        try:
-            perf.wait(10)
-        except subprocess.TimeoutExpired:
-            Procs.stop(perf, 1)
+    r = traced(["perf", "stat", "-x", ",", "-o", str(out), "-e", ",".join(events), "-p", pids],
+               0.3, 10, run)
     counts = {}
     for line in out.read_text().splitlines() if out.exists() else []:
         parts = line.split(",")
@@ -780,17 +788,7 @@ def run_syscalls(s: Settings, procs: Procs, bins: Path, outdir: Path, ports: lis
                 argv = ["strace", "-c", "-f", "-o", str(st_out)]
                 for pid in c.pids():
                     argv += ["-p", str(pid)]
-                st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True)
-                time.sleep(0.5)
-                try:
-                    r = run_wrk(w, c.port, secs, outdir, s.cpus_client)
-                finally:
-                    st.send_signal(signal.SIGINT)
-                    try:
-                        st.wait(20)
-                    except subprocess.TimeoutExpired:
-                        Procs.stop(st, 1)
+                r = traced(argv, 0.5, 20, lambda: run_wrk(w, c.port, secs, outdir, s.cpus_client))
                 n = max(r["requests"], 1)
                 top = []
                 for line in st_out.read_text().splitlines():
